@@ -1,0 +1,210 @@
+"""Figures of a coalition sweep (matplotlib, Agg backend; imported by the report only).
+
+Each ``plot_*`` function writes one PNG and returns its path, or raises
+:class:`MissingRuns` saying which runs it would need.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: no display on training machines.
+import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+
+from cdc_jax import names  # noqa: E402
+from cdc_jax.coalitions import incentives  # noqa: E402
+from cdc_jax.coalitions.incentives import Coalition, SeedAverage, Setting  # noqa: E402
+
+_DPI = 110
+_MARKERS = "osD^v<>"
+
+
+class MissingRuns(Exception):
+  """The runs a figure needs are not in the sweep."""
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=_DPI)
+  plt.close(fig)
+  return path
+
+
+def _colors(keys: Sequence[str]) -> dict[str, tuple]:
+  cmap = plt.get_cmap("tab10")
+  return {k: cmap(i % 10) for i, k in enumerate(keys)}
+
+
+def plot_levels(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage]],
+                path: str | os.PathLike) -> Path:
+  """Accuracy vs granularity level, one line per (community, format).
+
+  Left: each community alone; right: in the grand coalition of all
+  communities of these runs. Needs either at two levels or more.
+  """
+  communities = sorted({i for runs in by_setting.values() for c in runs for i in c})
+  grand = frozenset(communities)
+  panels = {"standalone": {}, f"grand coalition {incentives.coalition_name(grand)}": {}}
+  for setting, runs in by_setting.items():
+    for community in communities:
+      for panel, coalition in zip(panels, (frozenset({community}), grand)):
+        if coalition in runs:
+          line = panels[panel].setdefault((community, setting.format), {})
+          line[setting.level] = runs[coalition].accuracy[community]
+  if not any(len(line) >= 2 for lines in panels.values() for line in lines.values()):
+    raise MissingRuns("needs standalone or grand-coalition runs of a community at two or more "
+                      "levels (same format)")
+  colors = _colors(communities)
+  formats = [f for f in names.FORMATS if any(f == s.format for s in by_setting)]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  for ax, (title, lines) in zip(axes, panels.items()):
+    for (community, fmt), points in sorted(lines.items()):
+      levels = sorted(points)
+      ax.plot(levels, [points[l] for l in levels], color=colors[community],
+              marker=_MARKERS[formats.index(fmt) % len(_MARKERS)],
+              linestyle=("-", "--", ":", "-.")[formats.index(fmt) % 4],
+              label=f"{community} / {fmt}")
+    ax.set_title(title)
+    ax.set_xlabel("rationale level (1 = label only ... 6 = full CoT)")
+    ax.set_xticks(list(names.LEVELS))
+    ax.grid(alpha=0.3)
+    if lines:
+      ax.legend(fontsize=7)
+  axes[0].set_ylabel("test accuracy")
+  return _save(fig, path)
+
+
+def plot_coalitions(runs: Mapping[Coalition, SeedAverage], setting: Setting,
+                    path: str | os.PathLike) -> Path:
+  """Grouped bars: each community's accuracy alone and in every coalition it is in."""
+  communities = sorted({i for c in runs for i in c})
+  if not any(len(c) > 1 for c in runs):
+    raise MissingRuns(f"needs runs of coalitions of two or more communities ({setting})")
+  sizes = sorted({len(c) for c in runs})
+  colors = {s: plt.get_cmap("viridis")(0.85 * (s - 1) / max(max(sizes) - 1, 1)) for s in sizes}
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(runs)), 4.5))
+  x, ticks, labels, centers = 0.0, [], [], []
+  labelled = set()
+  for community in communities:
+    coalitions = sorted((c for c in runs if community in c), key=lambda c: (len(c), sorted(c)))
+    start = x
+    for coalition in coalitions:
+      size = len(coalition)
+      ax.bar(x, runs[coalition].accuracy[community], width=0.8, color=colors[size],
+             label=None if size in labelled else ("alone" if size == 1 else f"{size} communities"))
+      labelled.add(size)
+      ticks.append(x)
+      labels.append(incentives.coalition_name(coalition))
+      x += 1
+    centers.append(((start + x - 1) / 2, community))
+    x += 1  # A gap between communities.
+  ax.set_xticks(ticks, labels, rotation=60, fontsize=7)
+  for center, community in centers:
+    ax.text(center, 1.02, community, transform=ax.get_xaxis_transform(), ha="center",
+            fontweight="bold")
+  ax.set_ylabel("test accuracy of the community")
+  ax.set_title(f"coalition vs standalone accuracy ({setting})", pad=18)
+  ax.legend(fontsize=8)
+  ax.grid(axis="y", alpha=0.3)
+  return _save(fig, path)
+
+
+def plot_proportions(points: Sequence[incentives.ProportionPoint],
+                     path: str | os.PathLike) -> Path:
+  """Accuracy vs the first member's share in a two-community coalition.
+
+  Left (utilitarian): each member's accuracy and the welfares; right
+  (altruistic): what each member's data does for the other (its gain over
+  training alone), drawn when the standalone runs exist.
+  """
+  if len(points) < 2:
+    raise MissingRuns("needs runs of a two-community coalition at two or more proportions")
+  a, b = points[0].members
+  shares = [p.proportions[a] for p in points]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for member in (a, b):
+    left.plot(shares, [p.accuracy[member] for p in points], marker="o", label=f"acc {member}")
+  left.plot(shares, [p.macro_welfare for p in points], "k--", marker="s", label="macro welfare")
+  left.plot(shares, [p.weighted_welfare for p in points], "k:", marker="^",
+            label="example-weighted welfare")
+  left.set_title(f"utilitarian view ({points[0].setting})")
+  for giver, taker in ((a, b), (b, a)):
+    gains = [p.gain[taker] for p in points]
+    if all(g is not None for g in gains):
+      right.plot(shares, gains, marker="o", label=f"{giver}'s data for {taker}")
+  if right.lines:
+    right.axhline(0.0, color="grey", linewidth=0.8)
+    right.legend(fontsize=8)
+  else:
+    right.text(0.5, 0.5, f"no standalone runs of {a} or {b}", ha="center",
+               transform=right.transAxes)
+  right.set_title("altruistic view: gain over training alone")
+  for ax in (left, right):
+    ax.set_xlabel(f"proportion of {a} in {incentives.coalition_name((a, b))}")
+    ax.grid(alpha=0.3)
+  left.set_ylabel("test accuracy")
+  left.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def plot_shapley(values: Mapping[Setting, Mapping[str, float]], path: str | os.PathLike) -> Path:
+  """Grouped bars of Shapley values (total-welfare game), one bar per setting."""
+  if not values:
+    raise MissingRuns("needs all 2^K - 1 coalitions of a setting")
+  communities = sorted({i for v in values.values() for i in v})
+  settings = list(values)
+  width = 0.8 / len(settings)
+  colors = _colors([str(s) for s in settings])
+  fig, ax = plt.subplots(figsize=(max(5.0, 1.5 * len(communities)), 4.2))
+  for k, setting in enumerate(settings):
+    xs = [j + (k - (len(settings) - 1) / 2) * width for j in range(len(communities))]
+    ax.bar(xs, [values[setting].get(i, 0.0) for i in communities], width=width,
+           color=colors[str(setting)], label=str(setting))
+  ax.axhline(0.0, color="grey", linewidth=0.8)
+  ax.set_xticks(range(len(communities)), communities)
+  ax.set_ylabel("Shapley value (total-welfare game)")
+  ax.set_title("Shapley value per community")
+  ax.legend(fontsize=8)
+  ax.grid(axis="y", alpha=0.3)
+  return _save(fig, path)
+
+
+def plot_privacy(averages: Sequence[SeedAverage], path: str | os.PathLike) -> Path:
+  """Accuracy vs privacy budget eps per (coalition, member, level, format).
+
+  Non-private accuracy (eps None) of the same runs is a dotted line.
+  """
+  private = [a for a in averages if a.setting.eps is not None and a.mixture is None]
+  if not private:
+    raise MissingRuns("needs runs with a privacy budget eps")
+  lines: dict[tuple, dict[float, float]] = {}
+  for average in private:
+    for member in average.members:
+      key = (average.setting.level, average.setting.format, average.setting.selection,
+             average.members, member)
+      lines.setdefault(key, {})[average.setting.eps] = average.accuracy[member]
+  baseline = {(a.setting.level, a.setting.format, a.setting.selection, a.members, m):
+              a.accuracy[m] for a in averages
+              if a.setting.eps is None and a.mixture is None for m in a.members}
+  colors = _colors([str(k) for k in lines])
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for key, points in sorted(lines.items(), key=lambda kv: str(kv[0])):
+    level, fmt, _, members, member = key
+    eps = sorted(points)
+    label = f"{member} in {incentives.coalition_name(members)} L{level} {fmt}"
+    ax.plot(eps, [points[e] for e in eps], marker="o", color=colors[str(key)], label=label)
+    if key in baseline:
+      ax.axhline(baseline[key], color=colors[str(key)], linestyle=":", linewidth=1)
+  ax.set_xscale("log")
+  ax.set_xlabel("privacy budget eps (dotted: no privacy)")
+  ax.set_ylabel("test accuracy")
+  ax.set_title("privacy-utility curve")
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  return _save(fig, path)

@@ -1,0 +1,1 @@
+"""The T5 student: Flax network, its config, the model wrapper and HF loading."""

@@ -1,0 +1,326 @@
+r"""Report of a coalition sweep: Markdown tables and PNG figures.
+
+  python -m cdc_jax.report SWEEP_DIR [--out DIR] [--tolerance 0.0]
+
+Reads ``SWEEP_DIR/results.jsonl`` if present, else every
+``SWEEP_DIR/*/result.json``, and writes ``report.md`` and its figures into
+``--out`` (default: SWEEP_DIR). A figure whose runs are absent is skipped
+with a note saying which runs it needs. Formulas: docs/incentives.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from cdc_jax import names
+from cdc_jax.coalitions import games
+from cdc_jax.coalitions import incentives
+from cdc_jax.coalitions import results as results_lib
+from cdc_jax.coalitions.incentives import Coalition, SeedAverage, Setting
+from cdc_jax.coalitions.results import RunResult
+from cdc_jax.data import records
+
+REPORT_FILENAME = "report.md"
+
+
+def _fmt(value: float | None, *, signed: bool = False) -> str:
+  if value is None:
+    return "-"
+  return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  widths = [max(len(str(r[j])) for r in [header, *rows]) for j in range(len(header))]
+  lines = [" ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w)
+                    for j, (c, w) in enumerate(zip(r, widths))).rstrip()
+           for r in [header, *rows]]
+  return "\n".join(lines)
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def _coalition_sort_key(coalition: Iterable[str]) -> tuple:
+  return (len(frozenset(coalition)), sorted(coalition))
+
+
+@dataclasses.dataclass(frozen=True)
+class _GameSummary:
+  """Shapley and core analysis of one setting with all coalitions."""
+  game: games.Game
+  shapley: Mapping[str, float]
+  banzhaf: Mapping[str, float]
+  shapley_macro: Mapping[str, float]
+  core_check: games.CoreCheck
+  core_lp: games.CoreLP
+
+
+def _game_summary(runs: Mapping[Coalition, SeedAverage]) -> _GameSummary | list[Coalition]:
+  """The setting's game analysis, or the coalitions it lacks."""
+  acc = incentives.accuracies(runs)
+  players = sorted({i for c in runs for i in c})
+  missing = games.missing_coalitions(players, runs)
+  if missing:
+    return missing
+  game = games.game_from_accuracies(acc, players=players)
+  shapley = games.shapley_values(game)
+  return _GameSummary(
+      game, shapley, games.banzhaf_values(game),
+      games.shapley_values(games.game_from_accuracies(acc, players=players, welfare="macro")),
+      games.check_core(game, shapley), games.solve_core_lp(game))
+
+
+def summary_table(rows: Sequence[RunResult]) -> str:
+  """Plain-text tables per setting: community x coalition accuracy, gains, Shapley.
+
+  Natural-mixture runs only, averaged over seeds; '-' where a community is not
+  a member or a run is missing.
+  """
+  blocks = []
+  by_setting = incentives.natural_by_setting(rows)
+  for setting in sorted(by_setting, key=incentives.setting_sort_key):
+    runs = by_setting[setting]
+    acc = incentives.accuracies(runs)
+    coalitions = sorted(runs, key=_coalition_sort_key)
+    communities = sorted({i for c in coalitions for i in c})
+    summary = _game_summary(runs)
+    shapley = summary.shapley if isinstance(summary, _GameSummary) else {}
+    seeds = sorted({len(a.seeds) for a in runs.values()})
+    header = ["community", *map(incentives.coalition_name, coalitions), "shapley"]
+    accuracy_rows = [[i, *(_fmt(acc[c][i]) if i in c else "-" for c in coalitions),
+                      _fmt(shapley.get(i))] for i in communities]
+    gain_rows = [[i, *(_fmt(incentives.greedy_gain(acc, c, i), signed=True) if i in c else "-"
+                       for c in coalitions)] for i in communities]
+    seed_text = "-".join(map(str, sorted({seeds[0], seeds[-1]})))
+    blocks.append(f"== {setting}: {len(coalitions)} coalitions, {seed_text} seed(s) each ==\n"
+                  f"accuracy (test split of each community):\n"
+                  f"{_text_table(header, accuracy_rows)}\n"
+                  f"gain over training alone:\n{_text_table(header[:-1], gain_rows)}")
+    if not shapley:
+      blocks[-1] += (f"\nshapley: needs {len(summary)} more coalition(s): "
+                     f"{', '.join(map(incentives.coalition_name, summary))}")
+  return "\n\n".join(blocks) if blocks else "no natural-mixture runs"
+
+
+# ---------------------------------------------------------------------------
+# Markdown sections.
+
+
+def _runs_section(rows: Sequence[RunResult]) -> str:
+  counts: dict[Setting, list[RunResult]] = collections.defaultdict(list)
+  for row in rows:
+    counts[incentives.setting_of(row)].append(row)
+  table = []
+  for setting in sorted(counts, key=incentives.setting_sort_key):
+    group = counts[setting]
+    table.append([str(setting), len(group), len({r.members for r in group}),
+                  len({r.seed for r in group}),
+                  sum(incentives.mixture_of(r) is not None for r in group)])
+  return _markdown_table(["setting", "runs", "coalitions", "seeds", "proportion-sweep runs"],
+                         table)
+
+
+def _incentives_section(runs: Mapping[Coalition, SeedAverage], *, tolerance: float) -> str:
+  rows = incentives.coalition_rows(runs, tolerance=tolerance)
+  communities = sorted({i for c in runs for i in c})
+  header = ["coalition", "seeds", *(f"acc {i}" for i in communities),
+            *(f"gain {i}" for i in communities), "IR", "macro welfare", "weighted welfare",
+            "worst-off", *(f"altruistic {i}" for i in communities)]
+  table = []
+  for row in rows:
+    ir = {None: "-", True: "yes", False: "no"}[row.individually_rational]
+    table.append([incentives.coalition_name(row.members), row.seeds,
+                  *(_fmt(row.accuracy.get(i)) for i in communities),
+                  *(_fmt(row.gain.get(i), signed=True) for i in communities), ir,
+                  _fmt(row.macro_welfare), _fmt(row.weighted_welfare), _fmt(row.worst_off),
+                  *(_fmt(row.altruistic.get(i), signed=True) for i in communities)])
+  return _markdown_table(header, table)
+
+
+def _game_section(summary: _GameSummary | list[Coalition]) -> str:
+  if not isinstance(summary, _GameSummary):
+    return (f"Shapley values and core: skipped, {len(summary)} coalition(s) missing: "
+            f"{', '.join(map(incentives.coalition_name, summary))}.")
+  game = summary.game
+  table = [[i, _fmt(game({i})), _fmt(summary.shapley[i]), _fmt(summary.banzhaf[i]),
+            _fmt(summary.shapley_macro[i])] for i in game.players]
+  check, lp = summary.core_check, summary.core_lp
+  if check.in_core:
+    core_text = "the Shapley allocation is in the core"
+  else:
+    violated = ", ".join(f"{incentives.coalition_name(c)} short by {d:.3f}"
+                         for c, d in check.violations)
+    core_text = f"the Shapley allocation is not in the core ({violated})"
+  if lp.core_is_empty:
+    weights = ", ".join(f"{incentives.coalition_name(c)}: {w:.2f}"
+                        for c, w in sorted(lp.balanced_weights.items(),
+                                           key=lambda cw: _coalition_sort_key(cw[0])))
+    lp_text = (f"the core is empty: balanced weights ({weights}) give {lp.min_total:.3f} > "
+               f"v(N) = {lp.grand_value:.3f}")
+  else:
+    allocation = ", ".join(f"{i}: {x:.3f}" for i, x in lp.allocation.items())
+    lp_text = f"the core is not empty, e.g. ({allocation})"
+  return (_markdown_table(["community", "v({i})", "Shapley", "Banzhaf", "Shapley (macro)"],
+                          table) +
+          f"\n\nv(N) = {game(game.grand_coalition):.3f} (total welfare); {core_text}; {lp_text}.")
+
+
+def _proportion_section(points: Sequence[incentives.ProportionPoint]) -> str:
+  table = [[str(p.setting), incentives.coalition_name(p.members),
+            ", ".join(f"{i}: {x:.2f}" for i, x in p.proportions.items()), p.seeds,
+            *(f"{i}: {p.accuracy[i]:.3f}" for i in p.members), _fmt(p.macro_welfare),
+            _fmt(p.weighted_welfare),
+            ", ".join(f"{i}: {_fmt(g, signed=True)}" for i, g in p.gain.items())]
+           for p in points]
+  return _markdown_table(["setting", "coalition", "proportions", "seeds", "acc 1st", "acc 2nd",
+                          "macro welfare", "weighted welfare", "gain over alone"], table)
+
+
+def _privacy_section(averages: Sequence[SeedAverage]) -> str:
+  table = [[f"L{a.setting.level} {a.setting.format}", incentives.coalition_name(a.members),
+            a.setting.eps, len(a.seeds),
+            ", ".join(f"{i}: {a.accuracy[i]:.3f}" for i in a.members)]
+           for a in averages if a.setting.eps is not None and a.mixture is None]
+  return _markdown_table(["setting", "coalition", "eps", "seeds", "accuracy"], table)
+
+
+# ---------------------------------------------------------------------------
+# The report.
+
+
+def _setting_slug(setting: Setting) -> str:
+  """A file-name-safe, stable name of a setting."""
+  slug = f"L{setting.level}_{setting.format}"
+  if setting.eps is not None:
+    slug += f"_eps{setting.eps:g}"
+  if setting.selection is not None:
+    slug += "_" + re.sub(r"[^A-Za-z0-9_.-]", "_", setting.selection)
+  return slug
+
+
+def _base_selection(rows: Sequence[RunResult]) -> str | None:
+  """The most common selection among non-private runs (None wins ties)."""
+  counts = collections.Counter(r.selection for r in rows if r.eps is None)
+  if not counts:
+    return None
+  return min(counts, key=lambda s: (-counts[s], s is not None, s or ""))
+
+
+def _primary_setting(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage]]) -> Setting:
+  """The setting with the most coalitions (ties: more seeds, higher level, earlier format)."""
+  return max(by_setting, key=lambda s: (len(by_setting[s]),
+                                        sum(len(a.seeds) for a in by_setting[s].values()),
+                                        s.level, -names.FORMATS.index(s.format)))
+
+
+def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, source: str = "",
+                 tolerance: float = 0.0, notes: Sequence[str] = ()) -> Path:
+  """Writes ``report.md`` and its figures into ``out_dir``; returns the report's path."""
+  from cdc_jax.coalitions import figures  # matplotlib only when a report is drawn.
+
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  averages = incentives.average_over_seeds(rows)
+  by_setting = incentives.natural_by_setting(rows)
+  selection = _base_selection(rows)
+  base = {s: r for s, r in by_setting.items() if s.eps is None and s.selection == selection}
+  points = incentives.proportion_points(rows)
+  sections = [f"# Coalition sweep report\n\n{len(rows)} runs read from `{source}`; "
+              f"{len(by_setting)} settings with natural-mixture runs, "
+              f"{len(points)} proportion-sweep points. Accuracies are averaged over seeds; "
+              "formulas in docs/incentives.md.", *notes, "## Runs", _runs_section(rows)]
+
+  def figure(title: str, plot, *args, filename: str) -> None:
+    try:
+      path = plot(*args, out_dir / filename)
+      sections.append(f"### {title}\n\n![{title}]({path.name})")
+    except figures.MissingRuns as e:
+      sections.append(f"### {title}\n\n*Figure skipped: {e}.*")
+
+  sections.append("## Figures")
+  base_text = f"non-private runs, selection={selection}"
+  if not base:
+    sections.append(f"*Figures of coalitions skipped: no natural-mixture runs ({base_text}).*")
+  else:
+    primary = _primary_setting(base)
+    figure(f"Accuracy vs rationale level ({base_text})", figures.plot_levels, base,
+           filename="levels.png")
+    figure(f"Coalition vs standalone accuracy ({primary})", figures.plot_coalitions,
+           base[primary], primary, filename="coalitions.png")
+    shapley = {}
+    for setting in sorted(base, key=incentives.setting_sort_key):
+      summary = _game_summary(base[setting])
+      if setting.level == primary.level and isinstance(summary, _GameSummary):
+        shapley[setting] = summary.shapley
+    if not shapley:
+      missing = ", ".join(map(incentives.coalition_name, _game_summary(base[primary])))
+      sections.append(f"### Shapley values\n\n*Figure skipped: needs all 2^K - 1 coalitions of "
+                      f"a setting at level {primary.level}; {primary} lacks {missing}.*")
+    else:
+      figure(f"Shapley values (level {primary.level})", figures.plot_shapley, shapley,
+             filename="shapley.png")
+  sweeps = collections.defaultdict(list)
+  for point in points:
+    sweeps[(point.setting, point.members)].append(point)
+  if not sweeps:
+    sections.append("### Accuracy vs proportion\n\n*Figure skipped: needs runs of a "
+                    "two-community coalition with proportions set (a proportion sweep).*")
+  for (setting, members), sweep in sorted(
+      sweeps.items(), key=lambda kv: (incentives.setting_sort_key(kv[0][0]), kv[0][1])):
+    filename = f"proportions_{'_'.join(members)}_{_setting_slug(setting)}.png"
+    figure(f"Accuracy vs proportion of {members[0]} in "
+           f"{incentives.coalition_name(members)} ({setting})", figures.plot_proportions, sweep,
+           filename=filename)
+  figure("Privacy-utility curve", figures.plot_privacy, averages, filename="privacy.png")
+
+  sections.append("## Incentives per coalition")
+  for setting in sorted(by_setting, key=incentives.setting_sort_key):
+    sections += [f"### {setting}", _incentives_section(by_setting[setting], tolerance=tolerance),
+                 "Shapley / Banzhaf values (total-welfare game; last column macro welfare):",
+                 _game_section(_game_summary(by_setting[setting]))]
+  if points:
+    sections += ["## Proportion sweeps", _proportion_section(points)]
+  if any(a.setting.eps is not None for a in averages):
+    sections += ["## Privacy", _privacy_section(averages)]
+  path = out_dir / REPORT_FILENAME
+  records.atomic_write_text(path, "\n\n".join(sections) + "\n")
+  return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Command-line entry point; returns the exit status."""
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("sweep_dir", type=Path, help="sweep directory")
+  parser.add_argument("--out", type=Path, default=None, help="output directory (default: sweep)")
+  parser.add_argument("--tolerance", type=float, default=0.0,
+                      help="individual rationality allows gains down to -tolerance")
+  args = parser.parse_args(argv)
+  rows, source = results_lib.load_sweep(args.sweep_dir)
+  notes = []
+  if source == args.sweep_dir:
+    unfinished = results_lib.unfinished_runs(args.sweep_dir)
+    if unfinished:
+      notes.append(f"{len(unfinished)} run directories have no {results_lib.RESULT_FILENAME} "
+                   f"(unfinished, not in this report): "
+                   f"{', '.join(p.name for p in unfinished)}.")
+  path = build_report(rows, args.out or args.sweep_dir, source=str(source),
+                      tolerance=args.tolerance, notes=notes)
+  settings = len({incentives.setting_of(r) for r in rows})
+  print(f"read {len(rows)} runs ({settings} settings) from {source}")
+  for note in notes:
+    print(note)
+  print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

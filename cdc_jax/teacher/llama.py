@@ -1,0 +1,328 @@
+"""A Llama-family decoder (Llama 2/3, SmolLM2) in Flax linen, for inference.
+
+RoPE (``rotate_half`` convention, as in Hugging Face checkpoints), grouped-query
+attention, RMSNorm, SwiGLU MLP, tied or untied embeddings and a fixed-size KV
+cache. Every parameter and activation carries logical axis names so a large
+teacher shards over a ``(data, model)`` mesh (see ``teacher/sharding.py``).
+
+The cache holds one key/value array per layer of shape
+``[batch, cache_length, kv_heads, head_dim]``, a per-slot validity mask and a
+shared write index. Rows of a batch may be left-padded: pads are written into
+the cache but marked invalid, and each row's RoPE positions are passed
+explicitly, so a batch of prompts of different lengths decodes in lock-step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Llama-3 style RoPE frequency scaling (``rope_type: llama3``)."""
+  factor: float
+  low_freq_factor: float
+  high_freq_factor: float
+  original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Shape and numerics of a Llama-family decoder.
+
+  ``dtype`` is the name of both the parameter and the compute dtype; norms,
+  softmax and logits are always computed in float32.
+  """
+  vocab_size: int
+  hidden: int
+  intermediate: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float = 10000.0
+  rms_norm_eps: float = 1e-5
+  tie_word_embeddings: bool = True
+  max_seq_len: int = 2048
+  dtype: str = "float32"
+  rope_scaling: RopeScaling | None = None
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden", "intermediate", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "max_seq_len"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"LlamaConfig.{name} must be a positive int, got {value!r}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"LlamaConfig.num_heads={self.num_heads} is not a multiple of "
+          f"num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"LlamaConfig.head_dim={self.head_dim} must be even for RoPE")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"LlamaConfig.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+
+  @property
+  def jnp_dtype(self) -> jnp.dtype:
+    """The parameter/compute dtype as a jnp dtype."""
+    return DTYPES[self.dtype]
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Decoding state: per-layer keys/values, slot validity and the write index.
+
+  keys/values: tuples (one per layer) of ``[batch, cache_length, kv_heads, head_dim]``.
+  valid: ``[batch, cache_length]`` bool, True where a slot holds a real token.
+  index: int32 scalar, the next slot to write.
+  """
+  keys: tuple[jax.Array, ...]
+  values: tuple[jax.Array, ...]
+  valid: jax.Array
+  index: jax.Array
+
+  @property
+  def length(self) -> int:
+    """Number of slots in the cache."""
+    return self.valid.shape[1]
+
+
+def init_cache(config: LlamaConfig, *, batch: int, length: int) -> KVCache:
+  """An empty cache for ``batch`` rows and ``length`` slots."""
+  if length > config.max_seq_len:
+    raise ValueError(f"cache length {length} exceeds max_seq_len={config.max_seq_len}")
+  shape = (batch, length, config.num_kv_heads, config.head_dim)
+  zeros = lambda: _constrain(jnp.zeros(shape, config.jnp_dtype), _CACHE_AXES)
+  return KVCache(
+      keys=tuple(zeros() for _ in range(config.num_layers)),
+      values=tuple(zeros() for _ in range(config.num_layers)),
+      valid=jnp.zeros((batch, length), jnp.bool_),
+      index=jnp.zeros((), jnp.int32))
+
+
+_CACHE_AXES = ("batch", "cache_length", "kv_heads", "kv")
+
+
+def _constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+  return nn.with_logical_constraint(x, axes)
+
+
+def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
+  """Inverse RoPE frequencies ``[head_dim // 2]`` (float32), with Llama-3 scaling if set."""
+  dim = config.head_dim
+  inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+  scaling = config.rope_scaling
+  if scaling is None:
+    return inv_freq.astype(np.float32)
+  # Mirrors transformers' _compute_llama3_parameters.
+  low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+  high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+  smooth = ((scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor)
+            / (scaling.high_freq_factor - scaling.low_freq_factor))
+  smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+  medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotates ``x [batch, length, heads, head_dim]`` by ``positions [batch, length]``."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(emb), jnp.sin(emb)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  xf = x.astype(jnp.float32)
+  return (xf * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def _dense_init(axes: tuple[str, ...]) -> nn.initializers.Initializer:
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), axes)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square layer norm with a learned scale (computed in float32)."""
+  eps: float
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        (x.shape[-1],), self.dtype)
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return scale * xf.astype(self.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention with RoPE, reading and writing a KV cache."""
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, layer_cache, write_index):
+    cfg = self.config
+    dtype = cfg.jnp_dtype
+
+    def proj(name, heads, axes):
+      return nn.DenseGeneral(
+          (heads, cfg.head_dim), use_bias=False, dtype=dtype, param_dtype=dtype,
+          kernel_init=_dense_init(axes), name=name)(x)
+
+    q = proj("q_proj", cfg.num_heads, ("embed", "heads", "kv"))
+    k = proj("k_proj", cfg.num_kv_heads, ("embed", "kv_heads", "kv"))
+    v = proj("v_proj", cfg.num_kv_heads, ("embed", "kv_heads", "kv"))
+    inv_freq = rope_inv_freq(cfg)
+    q = _constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "kv"))
+    k = _constrain(apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "kv"))
+    v = _constrain(v, ("batch", "length", "kv_heads", "kv"))
+    if layer_cache is not None:
+      cache_k, cache_v = layer_cache
+      start = (0, write_index, 0, 0)
+      k = _constrain(jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start), _CACHE_AXES)
+      v = _constrain(jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start), _CACHE_AXES)
+      layer_cache = (k, v)
+
+    batch, length = q.shape[:2]
+    groups = cfg.num_heads // cfg.num_kv_heads
+    # Query head h uses kv head h // groups, as transformers' repeat_kv does.
+    q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
+    scores = jnp.einsum("blkgd,btkd->bkglt", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (cfg.head_dim ** -0.5)
+    # A finite floor keeps fully masked (pad) query rows from producing NaNs.
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum("bkglt,btkd->blkgd", probs, v)
+    out = out.reshape(batch, length, cfg.num_heads, cfg.head_dim)
+    out = _constrain(out, ("batch", "length", "heads", "kv"))
+    out = nn.DenseGeneral(
+        cfg.hidden, axis=(-2, -1), use_bias=False, dtype=dtype, param_dtype=dtype,
+        kernel_init=_dense_init(("heads", "kv", "embed")), name="o_proj")(out)
+    return out, layer_cache
+
+
+class Mlp(nn.Module):
+  """SwiGLU feed-forward block."""
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    dtype = cfg.jnp_dtype
+
+    def dense(name, features, axes):
+      return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=dtype,
+                      kernel_init=_dense_init(axes), name=name)
+
+    gate = dense("gate_proj", cfg.intermediate, ("embed", "mlp"))(x)
+    up = dense("up_proj", cfg.intermediate, ("embed", "mlp"))(x)
+    h = _constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return dense("down_proj", cfg.hidden, ("mlp", "embed"))(h)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm attention + MLP block."""
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, layer_cache, write_index):
+    cfg = self.config
+    h = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, name="input_norm")(x)
+    h, layer_cache = Attention(cfg, name="attn")(h, positions, mask, layer_cache, write_index)
+    x = _constrain(x + h, ("batch", "length", "embed"))
+    h = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, name="post_attention_norm")(x)
+    x = _constrain(x + Mlp(cfg, name="mlp")(h), ("batch", "length", "embed"))
+    return x, layer_cache
+
+
+class Llama(nn.Module):
+  """The decoder. Call with tokens ``[batch, length]``; returns float32 logits.
+
+  Without a cache, ``attention_mask [batch, length]`` (default all True) marks
+  real tokens and attention is causal over this chunk. With a cache, the
+  chunk is written at ``cache.index`` and attends to every valid earlier slot.
+  ``last_only`` computes logits for the final position only (prefill).
+  """
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(
+      self,
+      tokens: jax.Array,
+      *,
+      positions: jax.Array | None = None,
+      attention_mask: jax.Array | None = None,
+      cache: KVCache | None = None,
+      last_only: bool = False,
+  ) -> tuple[jax.Array, KVCache | None]:
+    cfg = self.config
+    dtype = cfg.jnp_dtype
+    batch, length = tokens.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((batch, length), jnp.bool_)
+    attention_mask = attention_mask.astype(jnp.bool_)
+    if positions is None:
+      positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+    positions = positions.astype(jnp.int32)
+
+    if cache is None:
+      write_index = jnp.zeros((), jnp.int32)
+      key_valid = attention_mask
+      key_slots = jnp.arange(length)
+    else:
+      write_index = cache.index
+      key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, write_index))
+      key_slots = jnp.arange(cache.length)
+    query_slots = write_index + jnp.arange(length)
+    mask = key_valid[:, None, :] & (key_slots[None, None, :] <= query_slots[None, :, None])
+
+    embed = nn.Embed(
+        cfg.vocab_size, cfg.hidden, dtype=dtype, param_dtype=dtype,
+        embedding_init=_dense_init(("vocab", "embed")), name="embed_tokens")
+    x = _constrain(embed(tokens), ("batch", "length", "embed"))
+    new_keys, new_values = [], []
+    for i in range(cfg.num_layers):
+      layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+      x, layer_cache = DecoderLayer(cfg, name=f"layers_{i}")(
+          x, positions, mask, layer_cache, write_index)
+      if cache is not None:
+        new_keys.append(layer_cache[0])
+        new_values.append(layer_cache[1])
+    if last_only:
+      x = x[:, -1:]
+    x = RMSNorm(cfg.rms_norm_eps, dtype, name="final_norm")(x)
+    if cfg.tie_word_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = nn.Dense(
+          cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=dtype,
+          kernel_init=_dense_init(("embed", "vocab")), name="lm_head")(x)
+    logits = _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    if cache is None:
+      return logits, None
+    return logits, KVCache(
+        keys=tuple(new_keys), values=tuple(new_values), valid=key_valid,
+        index=write_index + length)
+
+
+def abstract_params(config: LlamaConfig) -> object:
+  """The boxed (logically partitioned) param tree as ShapeDtypeStructs."""
+  model = Llama(config)
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens))["params"]
+
+
+def init_params(config: LlamaConfig, rng: jax.Array) -> object:
+  """Random parameters (unboxed), e.g. for tests with tiny configs."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return nn.unbox(Llama(config).init(rng, tokens)["params"])

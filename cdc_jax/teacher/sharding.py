@@ -1,0 +1,54 @@
+"""Logical-axis rules and a mesh for the teacher decoder.
+
+The teacher names every parameter and activation axis (``embed``, ``heads``,
+``mlp``, ...). These rules map those names onto a ``(data, model)`` mesh:
+batch over ``data``, heads / MLP / vocabulary over ``model`` (Megatron style),
+the embedding dimension replicated so no all-gather sits on the residual path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+# (logical axis, mesh axis or None). Order matters only for duplicate names.
+TEACHER_RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", "data"),
+    ("length", None),
+    ("cache_length", None),
+    ("embed", None),
+    ("vocab", "model"),
+    ("heads", "model"),
+    ("kv_heads", "model"),
+    ("kv", None),
+    ("mlp", "model"),
+)
+
+
+def make_teacher_mesh(
+    shape: Sequence[int] = (1, 1),
+    *,
+    axis_names: Sequence[str] = ("data", "model"),
+    devices: Sequence[jax.Device] | None = None,
+) -> jax.sharding.Mesh:
+  """A GSPMD-style (Auto axes) mesh of ``shape`` over ``devices`` (default: all)."""
+  devices = list(jax.devices() if devices is None else devices)
+  size = int(np.prod(shape))
+  if size != len(devices):
+    raise ValueError(f"mesh shape {tuple(shape)} needs {size} devices, got {len(devices)}")
+  return jax.sharding.Mesh(
+      np.asarray(devices).reshape(tuple(shape)), tuple(axis_names),
+      axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
+
+
+def param_shardings(
+    abstract_params: object,
+    mesh: jax.sharding.Mesh,
+    rules: Sequence[tuple[str, str | None]] = TEACHER_RULES,
+) -> object:
+  """NamedShardings for a (boxed, abstract) param tree from its logical axis names."""
+  logical = nn.get_partition_spec(abstract_params)
+  return nn.logical_to_mesh_sharding(logical, mesh, list(rules))
