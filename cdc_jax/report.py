@@ -271,6 +271,10 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
   sweeps = collections.defaultdict(list)
   for point in points:
     sweeps[(point.setting, point.members)].append(point)
+  larger = [r.run for r in rows if incentives.mixture_of(r) is not None and len(r.members) > 2]
+  if larger:
+    sections.append(f"*{len(larger)} proportion-sweep runs of coalitions of three or more "
+                    f"communities are not plotted: {', '.join(larger)}.*")
   if not sweeps:
     sections.append("### Accuracy vs proportion\n\n*Figure skipped: needs runs of a "
                     "two-community coalition with proportions set (a proportion sweep).*")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # Files only: no display on training machines.
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
@@ -202,6 +203,10 @@ def plot_privacy(averages: Sequence[SeedAverage], path: str | os.PathLike) -> Pa
     if key in baseline:
       ax.axhline(baseline[key], color=colors[str(key)], linestyle=":", linewidth=1)
   ax.set_xscale("log")
+  # Ticks at the measured budgets, in plain numbers (a log axis prints 2x10^0).
+  ax.set_xticks(sorted({e for points in lines.values() for e in points}))
+  ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
   ax.set_xlabel("privacy budget eps (dotted: no privacy)")
   ax.set_ylabel("test accuracy")
   ax.set_title("privacy-utility curve")

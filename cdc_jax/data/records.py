@@ -20,6 +20,8 @@ from cdc_jax import answers as answers_lib
 from cdc_jax import names
 
 MANIFEST_FILENAME = "community.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 SPLITS = ("train", "validation", "test")
 
 
@@ -351,6 +353,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the usual mode.
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()

@@ -39,8 +39,9 @@ class RopeScaling:
 class LlamaConfig:
   """Shape and numerics of a Llama-family decoder.
 
-  ``dtype`` is the name of both the parameter and the compute dtype; norms,
-  softmax and logits are always computed in float32.
+  ``dtype`` names the parameter, KV-cache and matmul-input dtype; matmuls
+  accumulate in float32 and the residual stream, norms, softmax and logits are
+  float32 ("bfloat16" is mixed precision, "float32" exact).
   """
   vocab_size: int
   hidden: int
@@ -98,8 +99,6 @@ class KVCache:
 
 def init_cache(config: LlamaConfig, *, batch: int, length: int) -> KVCache:
   """An empty cache for ``batch`` rows and ``length`` slots."""
-  if length > config.max_seq_len:
-    raise ValueError(f"cache length {length} exceeds max_seq_len={config.max_seq_len}")
   shape = (batch, length, config.num_kv_heads, config.head_dim)
   zeros = lambda: _constrain(jnp.zeros(shape, config.jnp_dtype), _CACHE_AXES)
   return KVCache(
@@ -150,8 +149,29 @@ def _dense_init(axes: tuple[str, ...]) -> nn.initializers.Initializer:
   return nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), axes)
 
 
+class Linear(nn.Module):
+  """``x[..., *kernel_shape[:contract]] @ kernel`` without bias, accumulating in float32.
+
+  Inputs are cast to ``dtype`` and the product comes out in float32: with
+  bfloat16 weights this is the bf16 x bf16 -> f32 dot that XLA:CPU runs on its
+  fast (YNNPACK/AMX) kernels, and the residual stream stays float32.
+  """
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  contract: int
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", _dense_init(self.axes), self.shape, self.dtype)
+    n = self.contract
+    dims = ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ()))
+    return jax.lax.dot_general(x.astype(self.dtype), kernel, dims,
+                               preferred_element_type=jnp.float32)
+
+
 class RMSNorm(nn.Module):
-  """Root-mean-square layer norm with a learned scale (computed in float32)."""
+  """Root-mean-square layer norm with a learned scale; float32 in and out."""
   eps: float
   dtype: jnp.dtype
 
@@ -160,9 +180,9 @@ class RMSNorm(nn.Module):
     scale = self.param(
         "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
         (x.shape[-1],), self.dtype)
-    xf = x.astype(jnp.float32)
-    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-    return scale * xf.astype(self.dtype)
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(jnp.float32) * x
 
 
 class Attention(nn.Module):
@@ -173,41 +193,34 @@ class Attention(nn.Module):
   def __call__(self, x, positions, mask, layer_cache, write_index):
     cfg = self.config
     dtype = cfg.jnp_dtype
-
-    def proj(name, heads, axes):
-      return nn.DenseGeneral(
-          (heads, cfg.head_dim), use_bias=False, dtype=dtype, param_dtype=dtype,
-          kernel_init=_dense_init(axes), name=name)(x)
-
-    q = proj("q_proj", cfg.num_heads, ("embed", "heads", "kv"))
-    k = proj("k_proj", cfg.num_kv_heads, ("embed", "kv_heads", "kv"))
-    v = proj("v_proj", cfg.num_kv_heads, ("embed", "kv_heads", "kv"))
+    e, h, kv, d = cfg.hidden, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = Linear((e, h, d), ("embed", "heads", "kv"), 1, dtype, name="q_proj")(x)
+    k = Linear((e, kv, d), ("embed", "kv_heads", "kv"), 1, dtype, name="k_proj")(x)
+    v = Linear((e, kv, d), ("embed", "kv_heads", "kv"), 1, dtype, name="v_proj")(x)
     inv_freq = rope_inv_freq(cfg)
-    q = _constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "kv"))
-    k = _constrain(apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "kv"))
-    v = _constrain(v, ("batch", "length", "kv_heads", "kv"))
+    q = apply_rope(q, positions, inv_freq).astype(dtype)
+    k = apply_rope(k, positions, inv_freq).astype(dtype)
+    q = _constrain(q, ("batch", "length", "heads", "kv"))
+    k = _constrain(k, ("batch", "length", "kv_heads", "kv"))
+    v = _constrain(v.astype(dtype), ("batch", "length", "kv_heads", "kv"))
     if layer_cache is not None:
       cache_k, cache_v = layer_cache
       start = (0, write_index, 0, 0)
-      k = _constrain(jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start), _CACHE_AXES)
-      v = _constrain(jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start), _CACHE_AXES)
+      k = _constrain(jax.lax.dynamic_update_slice(cache_k, k, start), _CACHE_AXES)
+      v = _constrain(jax.lax.dynamic_update_slice(cache_v, v, start), _CACHE_AXES)
       layer_cache = (k, v)
 
     batch, length = q.shape[:2]
-    groups = cfg.num_heads // cfg.num_kv_heads
-    # Query head h uses kv head h // groups, as transformers' repeat_kv does.
-    q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
+    # Query head i uses kv head i // groups, as transformers' repeat_kv does.
+    q = q.reshape(batch, length, kv, h // kv, d)
     scores = jnp.einsum("blkgd,btkd->bkglt", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (cfg.head_dim ** -0.5)
+    scores = scores * (d ** -0.5)
     # A finite floor keeps fully masked (pad) query rows from producing NaNs.
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("bkglt,btkd->blkgd", probs, v)
-    out = out.reshape(batch, length, cfg.num_heads, cfg.head_dim)
-    out = _constrain(out, ("batch", "length", "heads", "kv"))
-    out = nn.DenseGeneral(
-        cfg.hidden, axis=(-2, -1), use_bias=False, dtype=dtype, param_dtype=dtype,
-        kernel_init=_dense_init(("heads", "kv", "embed")), name="o_proj")(out)
+    out = jnp.einsum("bkglt,btkd->blkgd", probs, v, preferred_element_type=jnp.float32)
+    out = _constrain(out.reshape(batch, length, h, d), ("batch", "length", "heads", "kv"))
+    out = Linear((h, d, e), ("heads", "kv", "embed"), 2, dtype, name="o_proj")(out)
     return out, layer_cache
 
 
@@ -219,19 +232,15 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
     dtype = cfg.jnp_dtype
-
-    def dense(name, features, axes):
-      return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=dtype,
-                      kernel_init=_dense_init(axes), name=name)
-
-    gate = dense("gate_proj", cfg.intermediate, ("embed", "mlp"))(x)
-    up = dense("up_proj", cfg.intermediate, ("embed", "mlp"))(x)
-    h = _constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
-    return dense("down_proj", cfg.hidden, ("mlp", "embed"))(h)
+    e, m = cfg.hidden, cfg.intermediate
+    gate = Linear((e, m), ("embed", "mlp"), 1, dtype, name="gate_proj")(x)
+    up = Linear((e, m), ("embed", "mlp"), 1, dtype, name="up_proj")(x)
+    hidden = _constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return Linear((m, e), ("mlp", "embed"), 1, dtype, name="down_proj")(hidden)
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm attention + MLP block."""
+  """Pre-norm attention + MLP block on a float32 residual stream."""
   config: LlamaConfig
 
   @nn.compact
@@ -286,10 +295,10 @@ class Llama(nn.Module):
     query_slots = write_index + jnp.arange(length)
     mask = key_valid[:, None, :] & (key_slots[None, None, :] <= query_slots[None, :, None])
 
-    embed = nn.Embed(
-        cfg.vocab_size, cfg.hidden, dtype=dtype, param_dtype=dtype,
-        embedding_init=_dense_init(("vocab", "embed")), name="embed_tokens")
-    x = _constrain(embed(tokens), ("batch", "length", "embed"))
+    embedding = self.param("embed_tokens", _dense_init(("vocab", "embed")),
+                           (cfg.vocab_size, cfg.hidden), dtype)
+    x = jnp.take(embedding, tokens, axis=0).astype(jnp.float32)
+    x = _constrain(x, ("batch", "length", "embed"))
     new_keys, new_values = [], []
     for i in range(cfg.num_layers):
       layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
@@ -302,12 +311,11 @@ class Llama(nn.Module):
       x = x[:, -1:]
     x = RMSNorm(cfg.rms_norm_eps, dtype, name="final_norm")(x)
     if cfg.tie_word_embeddings:
-      logits = embed.attend(x)
+      logits = jnp.einsum("ble,ve->blv", x.astype(dtype), embedding,
+                          preferred_element_type=jnp.float32)
     else:
-      logits = nn.Dense(
-          cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=dtype,
-          kernel_init=_dense_init(("embed", "vocab")), name="lm_head")(x)
-    logits = _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+      logits = Linear((cfg.hidden, cfg.vocab_size), ("embed", "vocab"), 1, dtype, name="lm_head")(x)
+    logits = _constrain(logits, ("batch", "length", "vocab"))
     if cache is None:
       return logits, None
     return logits, KVCache(

@@ -283,7 +283,7 @@ def params_from_hf(
     return fetch(name, (heads * c.head_dim, c.hidden)).T.reshape(c.hidden, heads, c.head_dim)
 
   params: dict[str, Any] = {
-      "embed_tokens": {"embedding": fetch("model.embed_tokens.weight", (c.vocab_size, c.hidden))},
+      "embed_tokens": fetch("model.embed_tokens.weight", (c.vocab_size, c.hidden)),
       "final_norm": {"scale": fetch("model.norm.weight", (c.hidden,))},
   }
   if not c.tie_word_embeddings:

@@ -3,8 +3,9 @@
 Per dataset folder (``cqa/``, ``svamp/``): ``{name}_{train,test}.json`` are
 JSON Lines split files, and ``llm/{split}_CoT_{N}.json`` JSON arrays of raw
 PaLM-540B few-shot continuations aligned by index with the split file, in
-chunks of the upstream loader's batch size (1,000 for cqa, 500 for svamp). A continuation runs on into the next few-shot question, so it is cut
-at the next ``Q:``; the rationale is what precedes 'So the answer is'
+chunks of the upstream loader's batch size (1,000 for cqa, 500 for svamp).
+A continuation runs on into the next few-shot question, so it is cut at the
+next ``Q:``; the rationale is what precedes 'So the answer is'
 (CommonsenseQA) or 'The answer is' (SVAMP).
 
 CommonsenseQA items: ``id``, ``question``, ``choices``, ``answer`` (a choice
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from cdc_jax import answers as answers_lib
 from cdc_jax import names
-from cdc_jax.data.importers import assemble as assemble_lib
+from cdc_jax.data.importers import assembly
 from cdc_jax.data.importers import sources
 
 UPSTREAM = "google-research/distilling-step-by-step"
@@ -125,7 +126,7 @@ def resolve_source(source: str | Path, dataset: str | None = None) -> tuple[str,
   return name, folder
 
 
-def _gold(item: sources.SourceItem, name: str, split: str) -> assemble_lib.GoldQuestion:
+def _gold(item: sources.SourceItem, name: str, split: str) -> assembly.GoldQuestion:
   if name == "cqa":
     question = item.get("question")
     choices = item.get("choices", list)
@@ -135,7 +136,7 @@ def _gold(item: sources.SourceItem, name: str, split: str) -> assemble_lib.GoldQ
     answer = item.get("answer")
     if answer not in choices:
       raise item.error(f"{answer!r} is not among the choices {list(choices)}", field="answer")
-    key = assemble_lib.question_key(question, choices)
+    key = assembly.question_key(question, choices)
     record_id = item.get("id")
   else:
     question, choices = item.get("input"), None
@@ -144,9 +145,9 @@ def _gold(item: sources.SourceItem, name: str, split: str) -> assemble_lib.GoldQ
     if value is None:
       raise item.error(f"{label!r} is not an arithmetic expression", field="label")
     answer = answers_lib.format_number(value)
-    key = assemble_lib.question_key(question)
-    record_id = assemble_lib.stable_id(key, split)
-  return assemble_lib.GoldQuestion(key=key, id=record_id, split=split, question=question.strip(),
+    key = assembly.question_key(question)
+    record_id = assembly.stable_id(key, split)
+  return assembly.GoldQuestion(key=key, id=record_id, split=split, question=question.strip(),
                                    answer=answer, choices=choices, item=item)
 
 
@@ -182,7 +183,7 @@ def _continuations(folder: Path, split: str, expected: int,
 
 def import_dss(source: str | Path, *, community: str, dataset: str | None = None,
                keep: str = "all",
-               level: int = names.FULL_COT_LEVEL) -> assemble_lib.ImportedCommunity:
+               level: int = names.FULL_COT_LEVEL) -> assembly.ImportedCommunity:
   """Imports one distilling-step-by-step dataset with its PaLM rationales.
 
   Args:
@@ -211,11 +212,11 @@ def import_dss(source: str | Path, *, community: str, dataset: str | None = None
     traced[split] = (level,)
     for question, item in zip(gold, _continuations(folder, split, len(items), spec.chunk)):
       text = cut_continuation(item.data)
-      traces.append(assemble_lib.LevelTrace(
+      traces.append(assembly.LevelTrace(
           key=question.key, split=split, level=level,
-          rationale=assemble_lib.strip_answer_sentence(text),
+          rationale=assembly.strip_answer_sentence(text),
           teacher_answer=_teacher_answer(text, spec.answer_type, question.choices), item=item))
-  return assemble_lib.assemble(
+  return assembly.assemble(
       questions, traces, community=community, answer_type=spec.answer_type, teacher=TEACHER,
       keep=keep,
       provenance={"source": UPSTREAM, "upstream": UPSTREAM_URL, "license": LICENSE,
@@ -223,4 +224,5 @@ def import_dss(source: str | Path, *, community: str, dataset: str | None = None
                   "importer": "dss"},
       description=f"{name} with {TEACHER} few-shot CoT (level {level}) from {UPSTREAM}"
                   + (" (teacher-correct rationales only)" if keep == "correct" else ""),
-      license=LICENSE, title=f"dss/{name}, teacher {TEACHER}, keep={keep}", traced_levels=traced)
+      community_license=LICENSE, title=f"dss/{name}, teacher {TEACHER}, keep={keep}",
+      traced_levels=traced)

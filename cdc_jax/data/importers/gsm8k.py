@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cdc_jax import answers as answers_lib
 from cdc_jax import names
-from cdc_jax.data.importers import assemble as assemble_lib
+from cdc_jax.data.importers import assembly
 from cdc_jax.data.importers import sources
 
 UPSTREAM = "openai/grade-school-math"
@@ -28,16 +28,16 @@ _FINAL = "####"
 def human_rationale(solution: str) -> str:
   """The solution without calculator notes and the final ``#### N`` line.
 
-  >>> human_rationale("She sold 48/2 = <<48/2=24>>24 in May.\\nSo 48+24 = <<48+24=72>>72.\\n#### 72")
-  'She sold 48/2 = 24 in May. So 48+24 = 72.'
+  >>> human_rationale("Sold 48/2 = <<48/2=24>>24.\\nSo 48+24 = <<48+24=72>>72.\\n#### 72")
+  'Sold 48/2 = 24. So 48+24 = 72.'
   """
   body = solution.rsplit(_FINAL, 1)[0]
   body = _CALCULATOR_NOTE.sub("", body)
   return " ".join(line.strip() for line in body.splitlines() if line.strip())
 
 
-def _read(path: Path, split: str, level: int) -> tuple[list[assemble_lib.GoldQuestion],
-                                                        list[assemble_lib.LevelTrace]]:
+def _read(path: Path, split: str, level: int) -> tuple[list[assembly.GoldQuestion],
+                                                        list[assembly.LevelTrace]]:
   questions, traces = [], []
   for item in sources.read_json_lines(path):
     question = item.get("question").strip()
@@ -47,18 +47,18 @@ def _read(path: Path, split: str, level: int) -> tuple[list[assemble_lib.GoldQue
     answer = answers_lib.normalize_answer(solution.rsplit(_FINAL, 1)[1], "number")
     if answer is None:
       raise item.error(f"no number after '{_FINAL}'", field="answer")
-    key = assemble_lib.question_key(question)
-    questions.append(assemble_lib.GoldQuestion(
-        key=key, id=assemble_lib.stable_id(key, split), split=split, question=question,
+    key = assembly.question_key(question)
+    questions.append(assembly.GoldQuestion(
+        key=key, id=assembly.stable_id(key, split), split=split, question=question,
         answer=answer, choices=None, item=item))
-    traces.append(assemble_lib.LevelTrace(
+    traces.append(assembly.LevelTrace(
         key=key, split=split, level=level, rationale=human_rationale(solution),
         teacher_answer=answers_lib.extract_answer(solution, "number"), item=item))
   return questions, traces
 
 
 def import_gsm8k(source: str | Path, *, community: str, keep: str = "all",
-                 level: int = names.FULL_COT_LEVEL) -> assemble_lib.ImportedCommunity:
+                 level: int = names.FULL_COT_LEVEL) -> assembly.ImportedCommunity:
   """Imports official GSM8K (train 7,473 / test 1,319) with human rationales.
 
   Args:
@@ -68,7 +68,7 @@ def import_gsm8k(source: str | Path, *, community: str, keep: str = "all",
     level: the level the human rationale is stored at (default: full CoT).
   """
   names.validate_level(level)
-  assemble_lib.check_keep(keep)
+  assembly.check_keep(keep)
   source = Path(source)
   questions, traces, traced = [], [], {}
   for split in ("train", "test"):
@@ -78,10 +78,10 @@ def import_gsm8k(source: str | Path, *, community: str, keep: str = "all",
       questions += q
       traces += t
       traced[split] = (level,)
-  return assemble_lib.assemble(
+  return assembly.assemble(
       questions, traces, community=community, answer_type="number", teacher=TEACHER, keep=keep,
       provenance={"source": UPSTREAM, "upstream": UPSTREAM_URL, "license": LICENSE,
                   "teacher": TEACHER, "dataset": "gsm8k", "importer": "gsm8k"},
       description=f"GSM8K with its human solutions (level {level}) from {UPSTREAM}",
-      license=LICENSE, title=f"gsm8k (official), teacher {TEACHER}, keep={keep}",
+      community_license=LICENSE, title=f"gsm8k (official), teacher {TEACHER}, keep={keep}",
       traced_levels=traced)

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from cdc_jax import answers as answers_lib
 from cdc_jax import names
-from cdc_jax.data.importers import assemble as assemble_lib
+from cdc_jax.data.importers import assembly
 from cdc_jax.data.importers import sources
 
 UPSTREAM = "EIT-NLP/Distilling-CoT-Reasoning"
@@ -111,23 +111,24 @@ def _question(item: sources.SourceItem, answer_type: str) -> tuple[str, tuple[st
     raise item.error(str(e), field="instruction") from None
 
 
-def _gold(item: sources.SourceItem, field: str, split: str, spec: LeveledDataset) -> assemble_lib.GoldQuestion:
+def _gold(item: sources.SourceItem, field: str, split: str,
+          spec: LeveledDataset) -> assembly.GoldQuestion:
   question, choices = _question(item, spec.answer_type)
   raw = item.get(field)
   answer = answers_lib.normalize_answer(raw, spec.answer_type, choices)
   if answer is None:
     raise item.error(f"{raw!r} is not a {spec.answer_type} answer", field=field)
-  key = assemble_lib.question_key(question, choices)
-  return assemble_lib.GoldQuestion(key=key, id=assemble_lib.stable_id(key, split), split=split,
+  key = assembly.question_key(question, choices)
+  return assembly.GoldQuestion(key=key, id=assembly.stable_id(key, split), split=split,
                                    question=question, answer=answer, choices=choices, item=item)
 
 
-def _trace(item: sources.SourceItem, level: int, spec: LeveledDataset) -> assemble_lib.LevelTrace:
+def _trace(item: sources.SourceItem, level: int, spec: LeveledDataset) -> assembly.LevelTrace:
   question, choices = _question(item, spec.answer_type)
   output = item.get("output", allow_empty=True)
-  return assemble_lib.LevelTrace(
-      key=assemble_lib.question_key(question, choices), split="train", level=level,
-      rationale=assemble_lib.strip_answer_sentence(output),
+  return assembly.LevelTrace(
+      key=assembly.question_key(question, choices), split="train", level=level,
+      rationale=assembly.strip_answer_sentence(output),
       teacher_answer=answers_lib.extract_answer(output, spec.answer_type, choices), item=item)
 
 
@@ -153,7 +154,7 @@ def level_files(source_dir: str | Path, *, dataset: str, teacher: str) -> dict[i
 
 def import_leveled_cot(source_dir: str | Path, *, dataset: str, community: str,
                        teacher: str = "llama", keep: str = "all",
-                       levels: Sequence[int] | None = None) -> assemble_lib.ImportedCommunity:
+                       levels: Sequence[int] | None = None) -> assembly.ImportedCommunity:
   """Imports one dataset and teacher of the EIT-NLP leveled CoT data.
 
   Args:
@@ -191,14 +192,15 @@ def import_leveled_cot(source_dir: str | Path, *, dataset: str, community: str,
   traces = [_trace(item, level, spec) for level in wanted
             for item in sources.read_json_array(available[level])]
   teacher_name = TEACHERS[teacher]
-  imported = assemble_lib.assemble(
+  imported = assembly.assemble(
       questions, traces, community=community, answer_type=spec.answer_type,
       teacher=teacher_name, keep=keep,
       provenance={"source": UPSTREAM, "upstream": UPSTREAM_URL, "license": LICENSE,
                   "teacher": teacher_name, "dataset": name, "importer": "leveled_cot"},
       description=(f"{name} with {teacher_name} CoT at levels {wanted} from {UPSTREAM}"
                    + (" (teacher-correct rationales only)" if keep == "correct" else "")),
-      license=LICENSE, title=f"leveled_cot/{name}, teacher {teacher_name}, keep={keep}",
+      community_license=LICENSE,
+      title=f"leveled_cot/{name}, teacher {teacher_name}, keep={keep}",
       traced_levels={"train": wanted})
   if not spec.test:
     imported.report.notes.append(f"{UPSTREAM} has no {name} test file: train split only")

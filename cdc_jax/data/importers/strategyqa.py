@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cdc_jax import names
-from cdc_jax.data.importers import assemble as assemble_lib
+from cdc_jax.data.importers import assembly
 from cdc_jax.data.importers import sources
 
 UPSTREAM = "eladsegal/strategyqa"
@@ -32,8 +32,8 @@ def human_rationale(facts: list[str]) -> str:
   return " ".join(s if s[-1] in ".!?" else s + "." for s in sentences)
 
 
-def _read(path: Path, split: str, level: int) -> tuple[list[assemble_lib.GoldQuestion],
-                                                        list[assemble_lib.LevelTrace]]:
+def _read(path: Path, split: str, level: int) -> tuple[list[assembly.GoldQuestion],
+                                                        list[assembly.LevelTrace]]:
   questions, traces = [], []
   for item in sources.read_json_array(path):
     question = item.get("question").strip()
@@ -41,18 +41,18 @@ def _read(path: Path, split: str, level: int) -> tuple[list[assemble_lib.GoldQue
     facts = item.get("facts", list)
     if not all(isinstance(f, str) for f in facts):
       raise item.error("expected a list of strings", field="facts")
-    key = assemble_lib.question_key(question)
-    questions.append(assemble_lib.GoldQuestion(
+    key = assembly.question_key(question)
+    questions.append(assembly.GoldQuestion(
         key=key, id=item.get("qid"), split=split, question=question, answer=answer,
         choices=None, item=item))
-    traces.append(assemble_lib.LevelTrace(
+    traces.append(assembly.LevelTrace(
         key=key, split=split, level=level, rationale=human_rationale(facts),
         teacher_answer=None, item=item))
   return questions, traces
 
 
 def import_strategyqa(source: str | Path, *, community: str, keep: str = "all",
-                      level: int = names.FULL_COT_LEVEL) -> assemble_lib.ImportedCommunity:
+                      level: int = names.FULL_COT_LEVEL) -> assembly.ImportedCommunity:
   """Imports official StrategyQA with the annotators' facts as rationales.
 
   Args:
@@ -62,7 +62,7 @@ def import_strategyqa(source: str | Path, *, community: str, keep: str = "all",
     level: the level the facts are stored at (default: full CoT).
   """
   names.validate_level(level)
-  if assemble_lib.check_keep(keep) == "correct":
+  if assembly.check_keep(keep) == "correct":
     raise ValueError("keep='correct' needs teacher answers; StrategyQA facts state none "
                      "(use keep='all')")
   source = Path(source)
@@ -71,14 +71,15 @@ def import_strategyqa(source: str | Path, *, community: str, keep: str = "all",
     q, t = _read(source / filename, split, level)
     questions += q
     traces += t
-  imported = assemble_lib.assemble(
+  imported = assembly.assemble(
       questions, traces, community=community, answer_type="boolean", teacher=TEACHER,
       keep=keep,
       provenance={"source": UPSTREAM, "upstream": UPSTREAM_URL, "license": LICENSE,
                   "teacher": TEACHER, "dataset": "strategyqa", "importer": "strategyqa"},
       description=f"StrategyQA with the annotators' facts as rationales (level {level}) "
                   f"from {UPSTREAM}",
-      license=LICENSE, title=f"strategyqa (official), teacher {TEACHER}, keep={keep}",
+      community_license=LICENSE,
+      title=f"strategyqa (official), teacher {TEACHER}, keep={keep}",
       traced_levels={split: (level,) for split in SPLIT_FILES}, score_teacher=False)
   imported.report.notes.append("dev.json is the test split (the official test split has no "
                                "answers); facts state no answer: teacher accuracy does not apply")

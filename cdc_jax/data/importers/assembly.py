@@ -42,7 +42,7 @@ def question_key(question: str, choices: Sequence[str] | None = None) -> str:
   Case, spacing, punctuation and look-alike letters do not matter; for a
   multiple-choice question the choices are part of the key.
 
-  >>> question_key('The Eat "N Go shop sells for$ 4.') == question_key("the Eat 'N Go shop  sells for $4")
+  >>> question_key('The Eat "N Go sells for$ 4.') == question_key("the Eat 'N Go sells for $4")
   True
   >>> question_key("Where?", ["a park", "b"])
   'where || a park | b'
@@ -71,21 +71,34 @@ def stable_id(key: str, split: str) -> str:
 
 
 def strip_answer_sentence(text: str) -> str:
-  """The rationale without its closing 'The answer is X' sentence.
+  """The rationale without its closing 'The answer is X' sentence(s).
 
   Everything from the last 'the answer is' on is the answer statement (teachers
-  sometimes continue it: 'The answer is 12, not 13 ...'). Text without one is
-  returned whole.
+  sometimes continue it: 'The answer is 12, not 13 ...'), and so is a repeated
+  statement just before it. A cut rationale ends with a full stop; text
+  without 'the answer is' is returned whole.
 
   >>> strip_answer_sentence("Bats are mammals. So, the answer is yes.")
   'Bats are mammals.'
   >>> strip_answer_sentence("2 + 2 = 4.\\n The answer is 4")
   '2 + 2 = 4.'
+  >>> strip_answer_sentence("Lips are on the mouth, so the answer is A. The answer is A")
+  'Lips are on the mouth.'
   """
   matches = list(_FINAL_ANSWER.finditer(text))
-  if matches:
-    text = text[:matches[-1].start()]
-  return text.strip().rstrip(_TRAILING).strip()
+  if not matches:
+    return text.strip()
+  text = text[:matches[-1].start()].rstrip(_TRAILING)
+  # A last sentence that states the answer again ('Lips are on the mouth, so
+  # the answer is A. The answer is A') loses that statement too.
+  while matches := list(_FINAL_ANSWER.finditer(text)):
+    boundary = max(text.rfind(end, 0, len(text) - 1) for end in (". ", "\n", "! ", "? "))
+    if matches[-1].start() <= boundary:
+      break
+    text = text[:matches[-1].start()].rstrip(_TRAILING)
+  text = text.strip()
+  # The formats append 'The answer is X' as a sentence of its own.
+  return text + "." if text and text[-1] not in ".!?" else text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,13 +149,29 @@ def _counters() -> collections.defaultdict:
 
 @dataclasses.dataclass
 class ImportReport:
-  """Counts of an import. Split -> level -> count maps unless noted."""
+  """Counts of an import; printed as the import summary.
+
+  Attributes:
+    community, title: what was imported.
+    items: split -> gold items read (duplicates included).
+    questions: split -> distinct gold questions (duplicates merged).
+    records: split -> records made.
+    rationales: split -> level -> rationales in the records.
+    traces: split -> level -> teacher traces matched to a gold question.
+    correct: split -> level -> matched traces whose parsed answer is the gold one.
+    unparsed: split -> level -> matched traces with no parsable answer.
+    absent: split -> level -> questions without a trace at that level.
+    unmatched: split -> level -> traces whose question has no gold answer.
+    empty: split -> level -> traces with an answer but no rationale text.
+    dropped: split -> level -> wrong rationales dropped by keep='correct'.
+    skipped: (split, reason) -> questions that became no record.
+    duplicates: file name -> items repeating an earlier item's question (merged).
+    notes: other facts worth a line (no test split, leaked questions, ...).
+  """
   community: str
   title: str
   items: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  """split -> gold items read (duplicates included)."""
   questions: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  """split -> distinct questions (duplicates merged)."""
   records: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   rationales: collections.defaultdict = dataclasses.field(default_factory=_counters)
   traces: collections.defaultdict = dataclasses.field(default_factory=_counters)
@@ -153,9 +182,7 @@ class ImportReport:
   empty: collections.defaultdict = dataclasses.field(default_factory=_counters)
   dropped: collections.defaultdict = dataclasses.field(default_factory=_counters)
   skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  """(split, reason) -> questions without a record."""
   duplicates: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  """source file name -> items merged into an earlier item with the same question."""
   notes: list[str] = dataclasses.field(default_factory=list)
 
   def teacher_accuracy(self, split: str, level: int) -> float | None:
@@ -206,9 +233,11 @@ def check_keep(keep: str) -> str:
   return keep
 
 
-def _index_gold(questions: Iterable[GoldQuestion], answer_type: str,
-                report: ImportReport) -> dict[str, dict[str, GoldQuestion]]:
+def _index_gold(questions: Iterable[GoldQuestion], answer_type: str, report: ImportReport
+                ) -> tuple[dict[str, dict[str, GoldQuestion]], set[tuple[str, int]]]:
+  """split -> key -> first question; and the (file, index) of merged duplicates."""
   gold: dict[str, dict[str, GoldQuestion]] = collections.defaultdict(dict)
+  merged: set[tuple[str, int]] = set()
   for q in questions:
     report.items[q.split] += 1
     earlier = gold[q.split].get(q.key)
@@ -216,6 +245,7 @@ def _index_gold(questions: Iterable[GoldQuestion], answer_type: str,
       gold[q.split][q.key] = q
     elif answers_lib.answers_match(q.answer, earlier.answer, answer_type, q.choices):
       report.duplicates[q.item.path.name] += 1
+      merged.add((str(q.item.path), q.item.index))
     else:
       raise q.item.error(f"repeats the question of {earlier.item.origin} with a different "
                          f"gold answer ({q.answer!r} vs {earlier.answer!r})")
@@ -225,14 +255,17 @@ def _index_gold(questions: Iterable[GoldQuestion], answer_type: str,
     leaked = len(gold.get(split, {}).keys() & gold.get("train", {}).keys())
     if leaked:
       report.notes.append(f"{leaked} {split} questions also appear in train")
-  return gold
+  return gold, merged
+
+
+_Joined = dict[tuple[str, str], dict[int, tuple[LevelTrace, bool]]]
 
 
 def _index_traces(traces: Iterable[LevelTrace], gold: Mapping[str, Mapping[str, GoldQuestion]],
-                  answer_type: str, report: ImportReport, score: bool
-                  ) -> dict[tuple[str, str], dict[int, tuple[LevelTrace, bool]]]:
+                  answer_type: str, report: ImportReport, score: bool,
+                  merged: set[tuple[str, int]]) -> _Joined:
   """(split, key) -> level -> (trace, teacher correct); counts unmatched, duplicates, scores."""
-  joined: dict[tuple[str, str], dict[int, tuple[LevelTrace, bool]]] = collections.defaultdict(dict)
+  joined: _Joined = collections.defaultdict(dict)
   for t in traces:
     names.validate_level(t.level)
     question = gold.get(t.split, {}).get(t.key)
@@ -241,21 +274,61 @@ def _index_traces(traces: Iterable[LevelTrace], gold: Mapping[str, Mapping[str, 
       continue
     levels = joined[(t.split, t.key)]
     if t.level in levels:
-      report.duplicates[t.item.path.name] += 1
+      if (str(t.item.path), t.item.index) not in merged:  # Else counted with the gold item.
+        report.duplicates[t.item.path.name] += 1
       continue
     correct = answers_lib.answers_match(t.teacher_answer, question.answer, answer_type,
                                         question.choices)
     levels[t.level] = (t, correct)
     if score:
       report.traces[t.split][t.level] += 1
-      report.unparsed[t.split][t.level] += t.teacher_answer is None
-      report.correct[t.split][t.level] += correct
+      report.unparsed[t.split][t.level] += int(t.teacher_answer is None)
+      report.correct[t.split][t.level] += int(correct)
   return joined
+
+
+def _make_record(q: GoldQuestion, levels: Mapping[int, tuple[LevelTrace, bool]], *,
+                 needs_rationale: bool, keep: str, common: Mapping[str, Any], report: ImportReport
+                 ) -> records_lib.TraceRecord | None:
+  """The record of one question, or None (counted in ``report.skipped``)."""
+  split = q.split
+  rationales, teacher_answers, origins, dropped = {}, {}, {"gold": q.item.origin}, []
+  for level, (t, correct) in sorted(levels.items()):
+    if not t.rationale.strip():
+      report.empty[split][level] += 1
+    elif keep == "correct" and not correct:
+      report.dropped[split][level] += 1
+      dropped.append(level)
+    else:
+      rationales[level] = t.rationale
+      origins[f"L{level}"] = t.item.origin
+      if t.teacher_answer is not None:
+        teacher_answers[str(level)] = t.teacher_answer
+  if needs_rationale and not rationales:
+    reason = ("no correct rationale at any level" if dropped else
+              "no rationale at any level" if not levels else "only empty rationales")
+    report.skipped[(split, reason)] += 1
+    return None
+  provenance = dict(common["provenance"], items=origins)
+  if teacher_answers:
+    provenance["teacher_answers"] = teacher_answers
+  if dropped:
+    provenance["dropped_levels"] = dropped
+  try:
+    return records_lib.TraceRecord(
+        id=q.id, community=common["community"], split=split, question=q.question,
+        answer=q.answer, answer_type=common["answer_type"], rationales=rationales,
+        choices=q.choices, teacher=common["teacher"],
+        # The record's teacher answer is that of its most detailed rationale.
+        teacher_answer=levels[max(rationales)][0].teacher_answer if rationales else None,
+        provenance=provenance)
+  except ValueError as e:  # A schema error: point at the source item.
+    raise q.item.error(f"cannot make a record: {e}") from None
 
 
 def assemble(questions: Iterable[GoldQuestion], traces: Iterable[LevelTrace], *,
              community: str, answer_type: str, teacher: str, keep: str,
-             provenance: Mapping[str, Any], description: str, license: str,
+             provenance: Mapping[str, Any], description: str, community_license: str,
              title: str, traced_levels: Mapping[str, Sequence[int]],
              score_teacher: bool = True) -> ImportedCommunity:
   """Joins gold questions and traces into records, counting what is left out.
@@ -269,23 +342,27 @@ def assemble(questions: Iterable[GoldQuestion], traces: Iterable[LevelTrace], *,
     keep: 'all', or 'correct' to drop each rationale whose teacher answer is
       not the gold one (unparsed counts as wrong).
     provenance: shared by every record (at least 'source' and 'license');
-      each record adds the items it came from and its teacher answers.
-    description, license: for the manifest.
+      each record adds the items it came from ('items'), its teacher answers
+      per level and the levels ``keep`` dropped.
+    description, community_license: for the manifest.
     title: what the report calls this import.
-    traced_levels: split -> levels read for it. Questions of such a split
-      need at least one rationale; other splits (test files without teacher
-      text) become records without rationales.
+    traced_levels: split -> levels read for it (questions without a level
+      are counted as absent). Train questions need at least one rationale;
+      evaluation splits keep every question, with whatever rationales it
+      has (none for test files without teacher text).
     score_teacher: False where rationales state no answer (StrategyQA facts):
       the report then gives no teacher accuracy.
 
   Returns:
-    The community: manifest, records per split (input order) and report.
+    The community: manifest, records per split (in input order; a record's
+    ``teacher_answer`` is that of its most detailed level) and report.
   """
   check_keep(keep)
   report = ImportReport(community, title)
-  questions = list(questions)
-  gold = _index_gold(questions, answer_type, report)
-  joined = _index_traces(traces, gold, answer_type, report, score_teacher)
+  gold, merged = _index_gold(questions, answer_type, report)
+  joined = _index_traces(traces, gold, answer_type, report, score_teacher, merged)
+  common = {"community": community, "answer_type": answer_type, "teacher": teacher,
+            "provenance": provenance}
   out: dict[str, list[records_lib.TraceRecord]] = collections.defaultdict(list)
   ids: dict[str, GoldQuestion] = {}
   for split in records_lib.SPLITS:
@@ -294,49 +371,21 @@ def assemble(questions: Iterable[GoldQuestion], traces: Iterable[LevelTrace], *,
       for level in traced_levels.get(split, ()):
         if level not in levels:
           report.absent[split][level] += 1
-      rationales, teacher_answers, origins, dropped = {}, {}, {"gold": q.item.origin}, []
-      for level, (t, correct) in sorted(levels.items()):
-        if not t.rationale.strip():
-          report.empty[split][level] += 1
-          continue
-        if keep == "correct" and not correct:
-          report.dropped[split][level] += 1
-          dropped.append(level)
-          continue
-        rationales[level] = t.rationale
-        teacher_answers[str(level)] = t.teacher_answer
-        origins[f"L{level}"] = t.item.origin
-      if split in traced_levels and not rationales:
-        reason = ("no correct rationale at any level" if dropped else
-                  "no rationale at any level" if not levels else "only empty rationales")
-        report.skipped[(split, reason)] += 1
+      record = _make_record(q, levels, needs_rationale=split == "train", keep=keep,
+                            common=common, report=report)
+      if record is None:
         continue
-      record_provenance = dict(provenance, items=origins)
-      if teacher_answers:
-        record_provenance["teacher_answers"] = teacher_answers
-      if dropped:
-        record_provenance["dropped_levels"] = dropped
-      top = max(rationales) if rationales else None
-      try:
-        record = records_lib.TraceRecord(
-            id=q.id, community=community, split=split, question=q.question, answer=q.answer,
-            answer_type=answer_type, rationales=rationales, choices=q.choices, teacher=teacher,
-            teacher_answer=levels[top][0].teacher_answer if top is not None else None,
-            provenance=record_provenance)
-      except ValueError as e:  # A schema error: point at the source item.
-        raise q.item.error(f"cannot make a record: {e}") from None
       if q.id in ids:
         raise q.item.error(f"id {q.id!r} is also the id of {ids[q.id].item.origin}")
       ids[q.id] = q
       out[split].append(record)
       report.records[split] += 1
-      for level in rationales:
-        report.rationales[split][level] += 1
+      report.rationales[split].update(record.rationales.keys())
   present = sorted({level for recs in out.values() for r in recs for level in r.rationales})
   manifest = records_lib.CommunityManifest(
       name=community, description=description, answer_type=answer_type,
       splits={split: f"{split}.jsonl" for split in records_lib.SPLITS if out.get(split)},
-      license=license, levels=tuple(present), teacher=teacher)
+      license=community_license, levels=tuple(present), teacher=teacher)
   return ImportedCommunity(manifest, {s: tuple(r) for s, r in out.items() if r}, report)
 
 

@@ -1,0 +1,129 @@
+"""Evaluate a T5 student on every scored task of a task or mixture.
+
+    python -m cdc_jax.evaluate --gin_file=gin/runs/eval.gin \
+        --gin.CHECKPOINT="'/tmp/cdc_run'" --gin.MIXTURE_OR_TASK_NAME="'cdc.trivia.L6.cot_label'"
+
+For each task: decode (greedy, or beam search), parse the answer
+(``postprocess_fn``) and compute the task's metrics with seqio's Evaluator;
+writes ``<task>.predictions.jsonl`` (input, target, prediction, parsed and
+gold answer, correct) and ``<task>.metrics.json``, plus ``metrics.json`` for all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+import seqio
+
+from cdc_jax import decoding, partitioning, progress
+from cdc_jax.data import records as records_lib
+from cdc_jax.models.encoder_decoder import EncoderDecoderModel
+from cdc_jax.tasks import metrics as metrics_lib
+
+
+def _predict_fn(predictor: decoding.Predictor, input_length: int, label: str):
+  def predict(ds) -> list[tuple[int, list[int]]]:
+    items = list(ds.as_numpy_iterator())
+    bar = progress.Progress(len(items), label=f"decode {label}", unit="examples", interval=10.0)
+    out = []
+    for chunk in decoding.batched(items, predictor.batch_size):
+      tokens = decoding.pad_rows((ex["encoder_input_tokens"] for _, ex in chunk), input_length)
+      decoded = predictor.predict(tokens)
+      out.extend((int(index), row.tolist()) for (index, _), row in zip(chunk, decoded))
+      bar.update(len(chunk))
+    return out
+  return predict
+
+
+def _prediction_rows(task: seqio.Task, examples: Sequence[Mapping[str, Any]],
+                     tokens: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+  vocab = task.output_features["targets"].vocabulary
+  rows = []
+  for ex, toks in zip(examples, tokens):
+    text = vocab.decode(list(toks))
+    parsed = task.postprocess_fn(text, example=ex, is_target=False)
+    gold = task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True)
+    rows.append({"id": metrics_lib._text(ex.get("id", b"")),  # pylint: disable=protected-access
+                 "input": metrics_lib._text(ex["inputs_pretokenized"]),  # pylint: disable=protected-access
+                 "target": metrics_lib._text(ex["targets_pretokenized"]),  # pylint: disable=protected-access
+                 "prediction": text, "parsed_answer": parsed, "gold_answer": gold,
+                 "correct": metrics_lib.answer_accuracy([gold], [parsed])["accuracy"] == 100.0})
+  return rows
+
+
+def evaluate(*, model: EncoderDecoderModel, mixture_or_task_name: str, checkpoint: str,
+             task_feature_lengths: Mapping[str, int], output_dir: str, batch_size: int = 32,
+             split: str = "test", num_beams: int = 1, mesh_shape: Sequence[int] = (-1, 1),
+             register_tasks: Callable[[], Any] | None = None) -> dict[str, dict[str, float]]:
+  """Evaluates ``checkpoint`` on the scored tasks of ``mixture_or_task_name``.
+
+  Returns {task name: metrics} (metrics include 'accuracy' in percent and
+  'num_examples').
+  """
+  if register_tasks is not None:
+    register_tasks()
+  lengths = dict(task_feature_lengths)
+  mesh = partitioning.make_mesh(mesh_shape)
+  shapes = {"encoder_input_tokens": (batch_size, lengths["inputs"]),
+            "decoder_input_tokens": (batch_size, lengths["targets"])}
+  params, step = decoding.load_params(model, checkpoint, mesh, input_shapes=shapes)
+  predictor = decoding.Predictor(model, params, mesh, batch_size=batch_size,
+                                 max_decode_len=lengths["targets"], num_beams=num_beams)
+  evaluator = seqio.Evaluator(
+      mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      eval_split=split, sequence_length=lengths, use_memory_cache=False,
+      async_compute_metrics=False)
+  if not evaluator.eval_tasks:
+    raise ValueError(f"{mixture_or_task_name!r} has no scored task with a {split!r} split")
+  outputs = Path(output_dir)
+  outputs.mkdir(parents=True, exist_ok=True)
+  all_metrics, all_outputs = evaluator.evaluate(
+      compute_metrics=True, step=step,
+      predict_fn=_predict_fn(predictor, lengths["inputs"], mixture_or_task_name))
+  all_metrics = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
+  results: dict[str, dict[str, float]] = {}
+  for task in evaluator.eval_tasks:
+    examples = list(evaluator.cached_task_datasets[task.name].as_numpy_iterator())
+    tokens = all_outputs[task.name][seqio.metrics.ModelOutputType.PREDICTION]
+    rows = _prediction_rows(task, examples, tokens)
+    scores = {k: float(getattr(v, "compute", lambda v=v: v)()) if not isinstance(v, float) else v
+              for k, v in all_metrics[task.name].items()}
+    scores["num_examples"] = float(len(rows))
+    records_lib.atomic_write_text(outputs / f"{task.name}.predictions.jsonl", "".join(
+        json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    records_lib.atomic_write_text(outputs / f"{task.name}.metrics.json",
+                                  json.dumps(scores, indent=2, sort_keys=True) + "\n")
+    results[task.name] = scores
+    print(f"{task.name}: accuracy {scores['accuracy']:.1f}% on {len(rows)} examples "
+          f"(answered {scores['answered']:.1f}%)", flush=True)
+  records_lib.atomic_write_text(outputs / "metrics.json", json.dumps(
+      {"checkpoint": str(checkpoint), "step": step, "split": split, "tasks": results},
+      indent=2, sort_keys=True) + "\n")
+  return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  from cdc_jax import config_cli
+
+  bindings, rest = config_cli.split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  config_cli.add_gin_flags(parser)
+  args = parser.parse_args(rest)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  config_cli.parse_gin(args.gin_file, bindings, args.gin_search_path)
+  config_cli.configured('cdc_jax.evaluate', 'evaluate')()
+
+
+if __name__ == "__main__":
+  main()

