@@ -1,9 +1,12 @@
 """`make demo`: the embedded benchmark end to end.
 
-Builds the embedded communities, prints their statistics and one example of
-every target format.
+Builds the embedded communities and prints their statistics and one example
+of every target format; then runs the coalition sweep of
+``gin/sweeps/embedded_demo.gin`` (standalone runs and every coalition of three
+communities at levels 1 and 6, tiny T5 students trained for real), writes the
+report and prints the community x coalition table with gains and Shapley values.
 
-    python -m cdc_jax.demo [--out runs/demo]
+    python -m cdc_jax.demo [--out runs/demo] [--workers 2] [--gin.TRAIN_STEPS=...]
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+from pathlib import Path
 from typing import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -50,10 +54,33 @@ def print_task_samples(community: str, level: int) -> None:
             f"   targets: {ex['targets_pretokenized'].decode()}  ({len(ex['targets'])} tokens)")
 
 
+def run_experiment(out: str, *, workers: int, bindings: Sequence[str]) -> None:
+  """The demo sweep, the report and the printed summary."""
+  import time
+  from cdc_jax import config_cli, report
+  from cdc_jax.coalitions import results
+
+  start = time.time()
+  config_cli.parse_gin(["gin/sweeps/embedded_demo.gin"],
+                       [f"SWEEP_DIR = {out!r}", f"WORKERS = {workers}", *bindings])
+  rows = config_cli.configured("cdc_jax.sweep", "run_sweep")()
+  path = report.build_report(rows, out, source=str(Path(out) / results.TABLE_FILENAME))
+  print(f"\n== results ({len(rows)} runs, {time.time() - start:.0f} s)")
+  print(report.summary_table(rows))
+  print(f"\nreport: {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+  import sys
+  from cdc_jax import config_cli
+
+  bindings, rest = config_cli.split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--level", type=int, default=6, help="rationale level of the samples")
-  args = parser.parse_args(argv)
+  parser.add_argument("--out", default="runs/demo", help="sweep directory and report")
+  parser.add_argument("--workers", type=int, default=2, help="parallel training runs")
+  parser.add_argument("--samples_only", action="store_true", help="skip the experiment")
+  args = parser.parse_args(rest)
 
   from cdc_jax.tasks import catalog
 
@@ -64,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   for name in registered:
     print(f"\n== tasks of {name} at level {args.level}")
     print_task_samples(name, args.level)
+  if not args.samples_only:
+    print("\n== coalition experiment (gin/sweeps/embedded_demo.gin)")
+    run_experiment(args.out, workers=args.workers, bindings=bindings)
 
 
 if __name__ == "__main__":

@@ -62,17 +62,20 @@ def _prediction_rows(task: seqio.Task, examples: Sequence[Mapping[str, Any]],
   return rows
 
 
-def evaluate(*, model: EncoderDecoderModel, mixture_or_task_name: str, checkpoint: str,
-             task_feature_lengths: Mapping[str, int], output_dir: str, batch_size: int = 32,
-             split: str = "test", num_beams: int = 1, mesh_shape: Sequence[int] = (-1, 1),
+def evaluate(*, model: EncoderDecoderModel, mixture_or_task_name: str | Sequence[str],
+             checkpoint: str, task_feature_lengths: Mapping[str, int], output_dir: str,
+             batch_size: int = 32, split: str = "test", num_beams: int = 1,
+             mesh_shape: Sequence[int] = (-1, 1),
              register_tasks: Callable[[], Any] | None = None) -> dict[str, dict[str, float]]:
-  """Evaluates ``checkpoint`` on the scored tasks of ``mixture_or_task_name``.
+  """Evaluates ``checkpoint`` on the scored tasks of one or more tasks/mixtures.
 
   Returns {task name: metrics} (metrics include 'accuracy' in percent and
-  'num_examples').
+  'num_examples'); parameters are loaded and decoding compiled once.
   """
   if register_tasks is not None:
     register_tasks()
+  names = [mixture_or_task_name] if isinstance(mixture_or_task_name, str) else list(
+      mixture_or_task_name)
   lengths = dict(task_feature_lengths)
   mesh = partitioning.make_mesh(mesh_shape)
   shapes = {"encoder_input_tokens": (batch_size, lengths["inputs"]),
@@ -80,19 +83,28 @@ def evaluate(*, model: EncoderDecoderModel, mixture_or_task_name: str, checkpoin
   params, step = decoding.load_params(model, checkpoint, mesh, input_shapes=shapes)
   predictor = decoding.Predictor(model, params, mesh, batch_size=batch_size,
                                  max_decode_len=lengths["targets"], num_beams=num_beams)
-  evaluator = seqio.Evaluator(
-      mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
-      eval_split=split, sequence_length=lengths, use_memory_cache=False,
-      async_compute_metrics=False)
-  if not evaluator.eval_tasks:
-    raise ValueError(f"{mixture_or_task_name!r} has no scored task with a {split!r} split")
   outputs = Path(output_dir)
   outputs.mkdir(parents=True, exist_ok=True)
-  all_metrics, all_outputs = evaluator.evaluate(
-      compute_metrics=True, step=step,
-      predict_fn=_predict_fn(predictor, lengths["inputs"], mixture_or_task_name))
-  all_metrics = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
   results: dict[str, dict[str, float]] = {}
+  for name in names:
+    results.update(_evaluate_one(name, predictor, lengths, split, step, outputs))
+  records_lib.atomic_write_text(outputs / "metrics.json", json.dumps(
+      {"checkpoint": str(checkpoint), "step": step, "split": split, "tasks": results},
+      indent=2, sort_keys=True) + "\n")
+  return results
+
+
+def _evaluate_one(name: str, predictor: decoding.Predictor, lengths: Mapping[str, int],
+                  split: str, step: int | None, outputs: Path) -> dict[str, dict[str, float]]:
+  evaluator = seqio.Evaluator(
+      name, feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split=split,
+      sequence_length=dict(lengths), use_memory_cache=False, async_compute_metrics=False)
+  if not evaluator.eval_tasks:
+    raise ValueError(f"{name!r} has no scored task with a {split!r} split")
+  all_metrics, all_outputs = evaluator.evaluate(
+      compute_metrics=True, step=step, predict_fn=_predict_fn(predictor, lengths["inputs"], name))
+  all_metrics = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
+  results = {}
   for task in evaluator.eval_tasks:
     examples = list(evaluator.cached_task_datasets[task.name].as_numpy_iterator())
     tokens = all_outputs[task.name][seqio.metrics.ModelOutputType.PREDICTION]
@@ -107,9 +119,6 @@ def evaluate(*, model: EncoderDecoderModel, mixture_or_task_name: str, checkpoin
     results[task.name] = scores
     print(f"{task.name}: accuracy {scores['accuracy']:.1f}% on {len(rows)} examples "
           f"(answered {scores['answered']:.1f}%)", flush=True)
-  records_lib.atomic_write_text(outputs / "metrics.json", json.dumps(
-      {"checkpoint": str(checkpoint), "step": step, "split": split, "tasks": results},
-      indent=2, sort_keys=True) + "\n")
   return results
 
 

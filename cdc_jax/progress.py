@@ -46,7 +46,9 @@ class Progress:
       self._last_print = now
       eta = self.eta()
       eta_text = format_duration(eta) if eta != float("inf") else "?"
-      print(f"{self.label} {self.done}/{self.total} {self.unit} | {self.rate():.2f} {self.unit}/s"
+      rate = self.rate()
+      rate_text = f"{rate:.2f} {self.unit}/s" if rate >= 0.1 else f"{60 * rate:.2f} {self.unit}/min"
+      print(f"{self.label} {self.done}/{self.total} {self.unit} | {rate_text}"
             f" | ETA {eta_text}{' | ' + extra if extra else ''}", file=self.stream, flush=True)
 
 

@@ -89,6 +89,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    """``x`` normalised over its last axis, in the compute dtype."""
     scale = self.param("scale", _param_init(nn.initializers.ones_init(), ("embed",)),
                        (x.shape[-1],), jnp.float32)
     x = x.astype(jnp.float32)
@@ -108,6 +109,7 @@ class Embed(nn.Module):
         (self.vocab_size, self.features), jnp.float32)
 
   def __call__(self, tokens: Array) -> Array:
+    """Embeddings (..., features) of integer ``tokens``."""
     return jnp.take(self.embedding.astype(self.dtype), tokens, axis=0)
 
   def attend(self, x: Array) -> Array:
@@ -157,6 +159,7 @@ class Attention(nn.Module):
   def __call__(self, inputs_q: Array, inputs_kv: Array | None, bias: Array, *,
                deterministic: bool, decode: bool = False,
                decode_position: Array | None = None) -> Array:
+    """Attention output (batch, q_length, emb) given an additive float32 ``bias``."""
     emb = inputs_q.shape[-1]
     heads_shape = (emb, self.num_heads, self.head_dim)
     heads_names = ("embed", "heads", "kv")
@@ -211,6 +214,7 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
+    """MLP output with the shape of ``x``."""
     emb = x.shape[-1]
     hidden = None
     for i, activation in enumerate(self.activations):
@@ -248,6 +252,7 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, bias: Array, *, deterministic: bool) -> Array:
+    """The next hidden states; ``bias`` holds position bias and mask."""
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout_rate)
     h = _norm(cfg, "pre_attention_layer_norm")(x)
@@ -264,6 +269,7 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, y: Array, encoded: Array | None, self_bias: Array, cross_bias: Array, *,
                deterministic: bool, decode: bool, decode_position: Array | None) -> Array:
+    """The next hidden states; biases hold position bias (self only) and masks."""
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout_rate)
     h = _norm(cfg, "pre_self_attention_layer_norm")(y)
@@ -306,6 +312,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, segment_ids: Array | None = None, *,
                deterministic: bool) -> Array:
+    """Encoded tokens (batch, length, emb_dim)."""
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout_rate)
     x = dropout(self.shared_embedding(tokens), deterministic=deterministic)
@@ -331,6 +338,7 @@ class Decoder(nn.Module):
                encoder_segment_ids: Array | None = None,
                decoder_segment_ids: Array | None = None, *, deterministic: bool,
                decode: bool = False) -> Array:
+    """Logits (batch, length, vocab) of the token after each decoder input."""
     cfg = self.config
     encoder_valid = encoder_input_tokens > 0
     decode_position = None

@@ -26,7 +26,9 @@ from cdc_jax.teacher import chat, llama, sharding
 from cdc_jax.teacher import tokenizer as tokenizer_lib
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# Fine steps for short prompts: prefill of padding is wasted compute.
+PROMPT_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
+                  4096, 6144, 8192)
 NEW_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -157,6 +159,10 @@ class Generator:
     self.params = params
     self.tokenizer = tokenizer
     self.batch_buckets = tuple(sorted(batch_buckets))
+    if config.dtype != "float32" and jax.default_backend() == "cpu" and self.batch_buckets[0] == 1:
+      # XLA:CPU runs a one-row bf16 matmul by converting the weights to f32 every
+      # step (~10x slower); two rows take the fast bf16 -> f32 kernel.
+      self.batch_buckets = tuple(sorted({max(b, 2) for b in self.batch_buckets}))
     self.prompt_buckets = tuple(sorted(b for b in prompt_buckets if b <= config.max_seq_len))
     self.new_token_buckets = tuple(sorted(new_token_buckets))
     self.stop_ids = tuple(tokenizer.stop_ids if stop_ids is None else stop_ids)

@@ -102,8 +102,13 @@ def budget_instruction(level: int, words: int) -> str:
 
 
 def summary_max_new_tokens(words: int, *, cap: int) -> int:
-  """Tokens to allow a summary of ``words`` words: enough, but never above ``cap``."""
-  return max(1, min(cap, math.ceil(words * TOKENS_PER_WORD) + TOKEN_SLACK))
+  """Tokens to allow a summary of ``words`` words: enough, never above ``cap``.
+
+  Rounded up to a power of two so that requests of different budgets share a
+  few values (a batched backend runs one batch per value).
+  """
+  need = math.ceil(words * TOKENS_PER_WORD) + TOKEN_SLACK
+  return max(1, min(cap, 1 << (need - 1).bit_length()))
 
 
 def _choices_block(choices: Sequence[str] | None) -> str:

@@ -1,0 +1,17 @@
+"""Contribution controls: what a community shares, how much, and with whose consent.
+
+Submodules (import them directly; this package imports nothing heavy):
+
+- ``embeddings``: the teacher's word embeddings (SmolLM2 ``token_embd``) and
+  the candidate vocabulary of the privacy mechanism.
+- ``privacy``: token-level exponential mechanism over questions, perturbed
+  community directories, and its CLI.
+- ``variants``: sweeps over eps (perturbed communities per budget) and over
+  the key-token budget k.
+- ``attribution``: a key-token selector by gradient x input of a trained student.
+- ``selection``: learnability-aware and random trace selection under a budget.
+- ``figures``: accuracy vs tokens shared (k).
+
+Consent and withdrawal live in ``cdc_jax.consent``, ``cdc_jax.withdraw`` and
+``cdc_jax.audit``. Formulas and choices: docs/contribution_controls.md.
+"""

@@ -1,0 +1,400 @@
+r"""Teacher launcher: chain-of-thought traces for a community's questions, sharded and resumable.
+
+  python -m cdc_jax.teacher.launch --input=/tmp/cdc_communities/strategy \
+      --out=/tmp/traces/strategy --backend=oracle --shard_index=0 --num_shards=1 \
+      [--splits=train,test] [--levels=1,2,3,4,5,6] [--write_community=/tmp/traced/strategy]
+
+For every question of the shard the teacher writes the full CoT (level 6;
+its parsed answer becomes ``teacher_answer``), then summarises it at each
+lower level asked for (prompts and word budgets: :mod:`cdc_jax.teacher.prompts`).
+Output: ``<out>/traces-SSSSS-of-NNNNN.jsonl`` of TraceRecords, committed
+chunk by chunk (:mod:`cdc_jax.teacher.shards`); re-running the same command
+after a crash resumes. ``launch/teacher_traces.sh`` runs N shards;
+``python -m cdc_jax.teacher.verify`` checks the output and writes it as a
+community directory. Backends: ``jax`` (default SmolLM2-135M-Instruct GGUF),
+``openai`` (any OpenAI-compatible server, e.g. ``python -m cdc_jax.teacher.serve``)
+and ``oracle`` (the embedded benchmark's rationales, for fast runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from cdc_jax import answers as answers_lib
+from cdc_jax import names
+from cdc_jax import progress as progress_lib
+from cdc_jax.data import records as records_lib
+from cdc_jax.data.importers.assembly import strip_answer_sentence
+from cdc_jax.teacher import backends as backends_lib
+from cdc_jax.teacher import prompts
+from cdc_jax.teacher import shards
+
+# --------------------------------------------------------------- input ----
+
+
+@dataclasses.dataclass(frozen=True)
+class Questions:
+  """The questions to trace: records (any rationales ignored) of one community."""
+  community: str
+  answer_type: str
+  description: str
+  license: str
+  records: tuple[records_lib.TraceRecord, ...]
+  source: str
+
+
+def _only(values: set[str], what: str, path: Path) -> str:
+  if len(values) != 1:
+    raise records_lib.RecordError(path, None, what, f"expected one value in the file, got "
+                                                    f"{sorted(values)[:5]}")
+  return next(iter(values))
+
+
+def load_questions(path: str | os.PathLike, *, splits: Sequence[str] | None = None) -> Questions:
+  """Reads a community directory / manifest, or a JSON Lines file of records.
+
+  ``splits`` keeps those splits (each must exist); records come in split
+  order (train, validation, test), then file order.
+  """
+  path = Path(path)
+  if path.is_dir() or path.name == records_lib.MANIFEST_FILENAME:
+    community = records_lib.load_community(path)
+    by_split = community.records
+    name, answer_type = community.name, community.manifest.answer_type
+    description, license_ = community.manifest.description, community.manifest.license
+  else:
+    recs = records_lib.read_records(path)
+    if not recs:
+      raise records_lib.RecordError(path, None, None, "no records")
+    name = _only({r.community for r in recs}, "community", path)
+    answer_type = _only({r.answer_type for r in recs}, "answer_type", path)
+    license_ = " AND ".join(sorted({str(r.provenance["license"]) for r in recs}))
+    description = f"questions of {path.name}"
+    by_split = {}
+    for r in recs:
+      by_split.setdefault(r.split, []).append(r)
+  if splits is not None:
+    unknown = [s for s in splits if s not in by_split]
+    if unknown:
+      raise ValueError(f"{path}: no split(s) {unknown}; it has {sorted(by_split)}")
+  chosen = [s for s in records_lib.SPLITS if s in by_split and (splits is None or s in splits)]
+  records = tuple(r for s in chosen for r in by_split[s])
+  return Questions(community=name, answer_type=answer_type, description=description,
+                   license=license_, records=records, source=str(path))
+
+
+def input_fingerprint(questions: Questions) -> str:
+  """A hash of what the teacher sees of each question (ids, splits, text, gold)."""
+  return shards.fingerprint([(r.id, r.split, r.question, r.choices, r.answer)
+                             for r in questions.records])
+
+
+# ------------------------------------------------------------- tracing ----
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceSettings:
+  """What to ask the teacher and how (everything that shapes the output)."""
+  levels: tuple[int, ...] = names.LEVELS
+  max_new_tokens: int = 256
+  summary_max_new_tokens: int = 128
+  temperature: float = 0.0
+  seed: int = 0
+
+  def __post_init__(self):
+    if not self.levels:
+      raise ValueError("levels is empty: ask for at least one level")
+    for level in self.levels:
+      names.validate_level(level)
+    if self.max_new_tokens < 1 or self.summary_max_new_tokens < 1:
+      raise ValueError("max_new_tokens and summary_max_new_tokens must be >= 1")
+
+
+def _clean(text: str) -> str:
+  """A rationale: the text without its answer sentence, on one line."""
+  return " ".join(strip_answer_sentence(text).split())
+
+
+def _ask_cots(items: Sequence[records_lib.TraceRecord], backend: backends_lib.Backend, *,
+              settings: TraceSettings, seed: int
+              ) -> tuple[dict[str, tuple[str, backends_lib.Completion]], list[shards.Failure],
+                         list[backends_lib.Completion]]:
+  """Full CoTs: id -> (rationale without the answer sentence, completion); failures."""
+  requests = [backends_lib.Request(r.id, names.FULL_COT_LEVEL, prompts.cot_messages(r),
+                                   settings.max_new_tokens) for r in items]
+  cots = backend.complete(requests, temperature=settings.temperature, seed=seed)
+  full, failures = {}, []
+  for r, c in zip(items, cots):
+    rationale = _clean(c.text)
+    if rationale:
+      full[r.id] = (rationale, c)
+    else:
+      reason = "CoT states only the answer" if c.text.strip() else "empty CoT"
+      failures.append(shards.Failure(r.id, r.split, names.FULL_COT_LEVEL, reason))
+  return full, failures, cots
+
+
+def _ask_summaries(items: Sequence[records_lib.TraceRecord], full: dict[str, tuple[str, Any]],
+                   backend: backends_lib.Backend, *, levels: Sequence[int],
+                   settings: TraceSettings, seed: int
+                   ) -> tuple[dict[tuple[str, int], tuple[str, int]], list[backends_lib.Completion]]:
+  """(id, level) -> (summary without any answer sentence, its word budget), for every CoT."""
+  requests, budgets = [], []
+  for r in items:
+    if r.id not in full:
+      continue
+    for level in levels:
+      messages, words = prompts.summary_messages(r, full[r.id][0], level)
+      budgets.append(words)
+      requests.append(backends_lib.Request(
+          r.id, level, messages,
+          prompts.summary_max_new_tokens(words, cap=settings.summary_max_new_tokens)))
+  out = backend.complete(requests, temperature=settings.temperature, seed=seed)
+  texts = {(q.record_id, q.level): (_clean(c.text), words)
+           for q, c, words in zip(requests, out, budgets)}
+  return texts, out
+
+
+def trace_chunk(items: Sequence[records_lib.TraceRecord], backend: backends_lib.Backend, *,
+                settings: TraceSettings, community: str, chunk_index: int,
+                shard_stem: str) -> shards.Chunk:
+  """Asks the teacher for one chunk: the full CoTs, then their summaries (one batch each)."""
+  start = time.perf_counter()
+  seed = settings.seed + chunk_index
+  full, failures, cots = _ask_cots(items, backend, settings=settings, seed=seed)
+  summary_levels = sorted((l for l in settings.levels if l != names.FULL_COT_LEVEL), reverse=True)
+  summaries, summary_out = _ask_summaries(items, full, backend, levels=summary_levels,
+                                          settings=settings, seed=seed)
+  records = []
+  for r in items:
+    if r.id not in full:
+      continue
+    rationale, cot = full[r.id]
+    levels = {l: summaries[r.id, l][0] for l in summary_levels}
+    empty = [l for l, t in levels.items() if not t]
+    if empty:  # Nothing left once the answer sentence is cut: no rationale at that level.
+      failures.append(shards.Failure(r.id, r.split, max(empty), "empty summary"))
+      continue
+    if names.FULL_COT_LEVEL in settings.levels:
+      levels[names.FULL_COT_LEVEL] = rationale
+    provenance = {
+        "source": r.provenance["source"], "license": r.provenance["license"],
+        "question_provenance": dict(r.provenance), "teacher_backend": backend.describe(),
+        "prompts": prompts.prompts_provenance(),
+        "generation": {"shard": shard_stem, "chunk": chunk_index, "seed": seed,
+                       "temperature": settings.temperature, "cot_tokens": cot.completion_tokens,
+                       "cot_finished": cot.finished,
+                       "summary_word_budgets": {str(l): summaries[r.id, l][1]
+                                                for l in summary_levels}},
+    }
+    records.append(records_lib.TraceRecord(
+        id=r.id, community=community, split=r.split, question=r.question, answer=r.answer,
+        answer_type=r.answer_type, rationales=levels, choices=r.choices, teacher=backend.teacher,
+        teacher_answer=answers_lib.extract_answer(cot.text, r.answer_type, r.choices),
+        provenance=provenance))
+  everything = list(cots) + list(summary_out)
+  stats = {"seconds": time.perf_counter() - start, "requests": len(everything),
+           "prompt_tokens": sum(c.prompt_tokens for c in everything),
+           "completion_tokens": sum(c.completion_tokens for c in everything),
+           "truncated": sum(not c.finished for c in everything)}
+  return shards.Chunk(index=chunk_index, records=tuple(records), failures=tuple(failures),
+                      stats=stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardResult:
+  """What one launcher run did for its shard."""
+  path: Path
+  records: int
+  failures: int
+  chunks_run: int
+  chunks_resumed: int
+
+
+def run_shard(questions: Questions, backend: backends_lib.Backend, *, out_dir: str | os.PathLike,
+              shard_index: int = 0, num_shards: int = 1, chunk_size: int = 16,
+              settings: TraceSettings = TraceSettings(), community: str | None = None,
+              die_after_chunks: int | None = None, die_in_write_of_chunk: int | None = None,
+              progress_interval: float = 5.0) -> ShardResult:
+  """Traces one shard, resuming whatever a previous run committed.
+
+  ``die_after_chunks`` (SIGKILL after that many chunks committed by this run)
+  and ``die_in_write_of_chunk`` (SIGKILL halfway through writing that chunk)
+  inject faults for tests.
+  """
+  community = names.validate_name(community or questions.community)
+  items = shards.select_shard(questions.records, shard_index, num_shards)
+  pieces = shards.chunks(items, chunk_size)
+  stem = shards.shard_stem(shard_index, num_shards)
+  run_config = {
+      "community": community, "input": input_fingerprint(questions),
+      "shard_index": shard_index, "num_shards": num_shards, "chunk_size": chunk_size,
+      "items": len(items), "backend": backend.describe(), "teacher": backend.teacher,
+      "prompts_hash": prompts.prompts_hash(), **dataclasses.asdict(settings),
+      "levels": sorted(settings.levels),
+  }
+  writer = shards.ShardWriter(out_dir, shard_index=shard_index, num_shards=num_shards,
+                              run_config=run_config)
+  if writer.is_complete():
+    writer.check_complete()
+    writer.cleanup_after_complete()
+    meta = shards.read_meta(out_dir, shard_index, num_shards)
+    print(f"{stem}: already complete ({meta['records']} records)", file=sys.stderr)
+    return ShardResult(writer.final_path, meta["records"], len(meta["failures"]), 0, 0)
+  writer.open()
+  done = writer.done_chunks()
+  for index, chunk in done.items():
+    expected = [r.id for r in pieces[index]] if index < len(pieces) else []
+    got = sorted([r.id for r in chunk.records] + [f.id for f in chunk.failures])
+    if got != sorted(expected):
+      raise ValueError(f"{writer.parts_dir}: chunk {index} holds other questions than the "
+                       "input's; the input changed since it was written")
+  resumed = len(done)
+  bar = progress_lib.Progress(len(items), label=stem, unit="q", interval=progress_interval,
+                              start=sum(len(pieces[i]) for i in done))
+  tokens, seconds, run = 0, 0.0, 0
+  for index, piece in enumerate(pieces):
+    if index in done:
+      continue
+    chunk = trace_chunk(piece, backend, settings=settings, community=community,
+                        chunk_index=index, shard_stem=stem)
+    writer.commit_chunk(chunk, crash_mid_write=die_in_write_of_chunk == index)
+    done[index] = chunk
+    run += 1
+    tokens += int(chunk.stats["completion_tokens"])
+    seconds += chunk.stats["seconds"]
+    bar.update(len(piece), extra=f"{tokens / max(seconds, 1e-9):.1f} tok/s, "
+                                 f"{len(chunk.failures)} failed")
+    if die_after_chunks is not None and run >= die_after_chunks:
+      os.kill(os.getpid(), signal.SIGKILL)
+  meta = writer.finalize(done, num_chunks=len(pieces))
+  print(f"{stem}: {meta['records']} records, {len(meta['failures'])} failures "
+        f"({run} chunks run, {resumed} resumed) -> {writer.final_path}", file=sys.stderr)
+  return ShardResult(writer.final_path, meta["records"], len(meta["failures"]), run, resumed)
+
+
+# ----------------------------------------------------------------- CLI ----
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+  """``'1,6'`` -> ``(1, 6)``; an argparse type."""
+  try:
+    return tuple(sorted({names.validate_level(int(p)) for p in text.split(",") if p.strip()}))
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"--levels={text!r}: {e}") from None
+
+
+def _splits(text: str) -> tuple[str, ...]:
+  splits = tuple(s.strip() for s in text.split(",") if s.strip())
+  bad = [s for s in splits if s not in records_lib.SPLITS]
+  if bad or not splits:
+    raise argparse.ArgumentTypeError(f"--splits={text!r}: expected some of {records_lib.SPLITS}")
+  return splits
+
+
+def add_input_flags(parser: argparse.ArgumentParser) -> None:
+  """The flags that name the input (shared with verify)."""
+  parser.add_argument("--input", required=True,
+                      help="community directory, its community.json, or a JSON Lines file of records")
+  parser.add_argument("--splits", type=_splits, default=None, help="e.g. train,test (default all)")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  """Parses the command line."""
+  parser = argparse.ArgumentParser(prog="python -m cdc_jax.teacher.launch",
+                                   description=__doc__.split("\n")[0])
+  add_input_flags(parser)
+  parser.add_argument("--out", required=True, help="output directory of the shard files")
+  parser.add_argument("--backend", choices=backends_lib.BACKENDS, default="jax")
+  parser.add_argument("--levels", type=parse_levels, default=names.LEVELS, help="e.g. 1,6 (default all)")
+  parser.add_argument("--shard_index", type=int, default=0)
+  parser.add_argument("--num_shards", type=int, default=1)
+  parser.add_argument("--chunk_size", type=int, default=16, help="questions per committed chunk")
+  parser.add_argument("--community", default=None, help="output community name (default: input's)")
+  parser.add_argument("--max_new_tokens", type=int, default=256, help="for the full CoT")
+  parser.add_argument("--summary_max_new_tokens", type=int, default=128)
+  parser.add_argument("--temperature", type=float, default=0.0)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--write_community", default=None,
+                      help="after this shard: if every shard is done and verifies, write the "
+                           "traces as a community directory here")
+  parser.add_argument("--progress_interval", type=float, default=5.0, help="seconds")
+  jax_flags = parser.add_argument_group("jax backend")
+  jax_flags.add_argument("--gguf", default=None, help="llama GGUF file (default: SmolLM2-135M-Instruct)")
+  jax_flags.add_argument("--max_seq_len", type=int, default=2048)
+  jax_flags.add_argument("--random_tiny", action="store_true",
+                         help="a tiny random-weight model instead (smoke tests; output is noise)")
+  api = parser.add_argument_group("openai backend")
+  api.add_argument("--base_url", default="http://127.0.0.1:8000/v1")
+  api.add_argument("--model", default=None, help="default: the first model the server lists")
+  api.add_argument("--api", choices=backends_lib.OPENAI_APIS, default="chat")
+  api.add_argument("--api_key_env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (unset: no key)")
+  api.add_argument("--concurrency", type=int, default=4)
+  api.add_argument("--timeout_s", type=float, default=120.0)
+  api.add_argument("--max_retries", type=int, default=6)
+  api.add_argument("--backoff_base_s", type=float, default=0.5)
+  api.add_argument("--backoff_max_s", type=float, default=30.0)
+  faults = parser.add_argument_group("fault injection (tests)")
+  faults.add_argument("--die_after_chunks", type=int, default=None)
+  faults.add_argument("--die_in_write_of_chunk", type=int, default=None)
+  return parser.parse_args(argv)
+
+
+def make_backend(args: argparse.Namespace, questions: Questions) -> backends_lib.Backend:
+  """The backend the flags ask for."""
+  if args.backend == "oracle":
+    return backends_lib.OracleBackend(questions.records)
+  if args.backend == "jax":
+    if args.random_tiny:
+      return backends_lib.JaxBackend.random_tiny(seed=args.seed)
+    return backends_lib.JaxBackend.from_gguf(args.gguf, max_seq_len=args.max_seq_len)
+  retry = backends_lib.RetryPolicy(max_retries=args.max_retries, backoff_base_s=args.backoff_base_s,
+                                   backoff_max_s=args.backoff_max_s, timeout_s=args.timeout_s)
+  client = backends_lib.OpenAIClient(args.base_url, api_key=os.environ.get(args.api_key_env),
+                                     retry=retry)
+  return backends_lib.OpenAIBackend(client, model=args.model, api=args.api,
+                                    concurrency=args.concurrency)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs one shard; returns the exit status (1 with a message on bad input or a refusal)."""
+  args = parse_args(argv)
+  from cdc_jax.teacher import verify  # Deferred: verify imports this module.
+  try:
+    questions = load_questions(args.input, splits=args.splits)
+    backend = make_backend(args, questions)
+    settings = TraceSettings(levels=args.levels, max_new_tokens=args.max_new_tokens,
+                             summary_max_new_tokens=args.summary_max_new_tokens,
+                             temperature=args.temperature, seed=args.seed)
+    run_shard(questions, backend, out_dir=args.out, shard_index=args.shard_index,
+              num_shards=args.num_shards, chunk_size=args.chunk_size, settings=settings,
+              community=args.community, die_after_chunks=args.die_after_chunks,
+              die_in_write_of_chunk=args.die_in_write_of_chunk,
+              progress_interval=args.progress_interval)
+    if args.write_community:
+      report = verify.verify_output(args.out, questions, num_shards=args.num_shards)
+      if report.missing:
+        print(f"not writing {args.write_community} yet: shards {report.missing} are not done",
+              file=sys.stderr)
+      else:
+        print(report)
+        if not report.ok:
+          return 1
+        print(f"wrote {verify.write_output_community(args.out, questions, args.write_community, report=report)}")
+  except (records_lib.RecordError, ValueError, backends_lib.TeacherHTTPError,
+          FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

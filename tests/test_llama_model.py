@@ -1,0 +1,203 @@
+"""Teacher decoder on tiny random configs: KV cache, left padding, sampling, configs."""
+
+import dataclasses
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cdc_jax.teacher import generation, llama
+
+TINY = llama.LlamaConfig(
+    vocab_size=97, hidden=32, intermediate=64, num_layers=2, num_heads=4, num_kv_heads=2,
+    head_dim=8, rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+    max_seq_len=128)
+
+
+def _params(config: llama.LlamaConfig, seed: int = 0):
+  params = llama.init_params(config, jax.random.PRNGKey(seed))
+  # Larger weights than the 0.02 init give peaked logits, so greedy choices are
+  # far from ties and batched vs single-row rounding cannot flip them.
+  return jax.tree.map(lambda x: x * 8 if x.ndim > 1 else x, params)
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+  return _params(TINY)
+
+
+def test_param_tree_shapes_and_logical_axes():
+  abstract = llama.abstract_params(TINY)
+  layer = abstract["layers_0"]
+  assert layer["attn"]["q_proj"]["kernel"].names == ("embed", "heads", "kv")
+  assert layer["attn"]["q_proj"]["kernel"].value.shape == (32, 4, 8)
+  assert layer["attn"]["k_proj"]["kernel"].names == ("embed", "kv_heads", "kv")
+  assert layer["attn"]["k_proj"]["kernel"].value.shape == (32, 2, 8)
+  assert layer["attn"]["o_proj"]["kernel"].names == ("heads", "kv", "embed")
+  assert layer["mlp"]["gate_proj"]["kernel"].names == ("embed", "mlp")
+  assert layer["mlp"]["down_proj"]["kernel"].names == ("mlp", "embed")
+  assert layer["input_norm"]["scale"].names == ("embed",)
+  assert abstract["embed_tokens"].names == ("vocab", "embed")
+  assert "lm_head" not in abstract
+  untied = llama.abstract_params(dataclasses.replace(TINY, tie_word_embeddings=False))
+  assert untied["lm_head"]["kernel"].names == ("embed", "vocab")
+  assert untied["lm_head"]["kernel"].value.shape == (32, 97)
+  n = sum(x.size for x in jax.tree.leaves(nn.unbox(abstract)))
+  assert n == 97 * 32 + 32 + 2 * (2 * 32 + 32 * 4 * 8 * 2 + 32 * 2 * 8 * 2 + 3 * 32 * 64)
+
+
+def test_kv_cache_decoding_equals_full_forward(tiny_params):
+  model = llama.Llama(TINY)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, TINY.vocab_size)
+  full, _ = model.apply({"params": tiny_params}, tokens)
+  cache = llama.init_cache(TINY, batch=2, length=16)
+  # Prefill 5 tokens, then one token at a time.
+  logits, cache = model.apply({"params": tiny_params}, tokens[:, :5], cache=cache)
+  steps = [logits]
+  for t in range(5, 12):
+    logits, cache = model.apply({"params": tiny_params}, tokens[:, t:t + 1],
+                                positions=jnp.full((2, 1), t), cache=cache)
+    steps.append(logits)
+  assert int(cache.index) == 12
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_forward_matches_unpadded(tiny_params):
+  model = llama.Llama(TINY)
+  tokens = jnp.array([[5, 6, 7, 8]])
+  ref, _ = model.apply({"params": tiny_params}, tokens)
+  padded = jnp.array([[0, 0, 0, 5, 6, 7, 8]])
+  mask = jnp.array([[False, False, False, True, True, True, True]])
+  out, _ = model.apply({"params": tiny_params}, padded, attention_mask=mask)
+  assert not np.isnan(np.asarray(out)).any()
+  np.testing.assert_allclose(out[:, 3:], ref, atol=1e-5, rtol=1e-5)
+
+
+class _FakeTokenizer:
+  vocab_size = TINY.vocab_size
+  pad_id = 0
+  stop_ids = (3,)
+  chat_template = None
+
+
+def _generator(params, **kwargs) -> generation.Generator:
+  return generation.Generator(TINY, params, _FakeTokenizer(), **kwargs)
+
+
+def _reference_greedy(params, prompt, n):
+  """Greedy decoding by re-running the full forward pass each step."""
+  model = llama.Llama(TINY)
+  apply = jax.jit(lambda p, t: model.apply({"params": p}, t)[0])
+  ids = list(prompt)
+  out = []
+  for _ in range(n):
+    token = int(jnp.argmax(apply(params, jnp.array([ids]))[0, -1]))
+    out.append(token)
+    ids.append(token)
+    if token in _FakeTokenizer.stop_ids:
+      break
+  return out
+
+
+def test_batched_left_padded_generation_equals_per_prompt(tiny_params):
+  gen = _generator(tiny_params, stop_ids=())
+  prompts = [[5, 9, 11, 40, 2, 7, 8], [12], [50, 51, 52], [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 60]]
+  batched = gen.generate_ids(prompts, max_new_tokens=10)
+  for prompt, (ids, count, stopped) in zip(prompts, batched):
+    single = gen.generate_ids([prompt], max_new_tokens=10)[0]
+    assert (ids, count, stopped) == single
+    assert ids == _reference_greedy(tiny_params, prompt, 10)
+    assert count == 10 and not stopped
+
+
+def test_generation_stops_per_row_at_stop_token(tiny_params):
+  gen = _generator(tiny_params)
+  free = _generator(tiny_params, stop_ids=())
+  prompts = [[5, 9, 11], [12, 13], [20], [30, 31, 32, 33]]
+  unconstrained = free.generate_ids(prompts, max_new_tokens=16)
+  # Stop on a token that some row emits mid-way.
+  stop = unconstrained[0][0][4]
+  gen.stop_ids = (stop,)
+  results = gen.generate_ids(prompts, max_new_tokens=16)
+  stopped_rows = 0
+  for (ids, count, stopped), (free_ids, _, _) in zip(results, unconstrained):
+    if stop in free_ids:
+      cut = free_ids.index(stop)
+      assert (ids, count, stopped) == (free_ids[:cut], cut + 1, True)
+      stopped_rows += 1
+    else:
+      assert (ids, count, stopped) == (free_ids, 16, False)
+  assert stopped_rows >= 1
+
+
+def test_more_prompts_than_largest_batch_bucket(tiny_params):
+  gen = _generator(tiny_params, stop_ids=(), batch_buckets=(1, 2))
+  prompts = [[i + 4] * (1 + i % 3) for i in range(5)]
+  results = gen.generate_ids(prompts, max_new_tokens=3)
+  assert [r for r in results] == [gen.generate_ids([p], max_new_tokens=3)[0] for p in prompts]
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(tiny_params):
+  gen = _generator(tiny_params, stop_ids=())
+  prompts = [[5, 9, 11], [12, 13]]
+  greedy = gen.generate_ids(prompts, max_new_tokens=8)
+  a = gen.generate_ids(prompts, max_new_tokens=8, temperature=1.0, seed=1)
+  b = gen.generate_ids(prompts, max_new_tokens=8, temperature=1.0, seed=1)
+  c = gen.generate_ids(prompts, max_new_tokens=8, temperature=1.0, seed=2)
+  assert a == b
+  assert a != c
+  assert gen.generate_ids(prompts, max_new_tokens=8, temperature=0.7, top_k=1, seed=3) == greedy
+
+
+def test_top_k_restricts_samples():
+  logits = jnp.array([[0.0, 5.0, 4.0, -1.0, 3.0]] * 4000)
+  picks = np.asarray(generation._pick_tokens(logits, jax.random.PRNGKey(0), jnp.float32(5.0), 2))
+  assert set(picks.tolist()) == {1, 2}
+  picks = np.asarray(generation._pick_tokens(logits, jax.random.PRNGKey(0), jnp.float32(0.0), 2))
+  assert set(picks.tolist()) == {1}
+
+
+def test_generate_rejects_bad_requests(tiny_params):
+  gen = _generator(tiny_params)
+  with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
+    gen.generate_ids([[4], []], max_new_tokens=2)
+  with pytest.raises(ValueError, match=r"prompts\[0\]: 120 tokens \+ max_new_tokens=16 exceed"):
+    gen.generate_ids([[4] * 120], max_new_tokens=16)
+  with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+    gen.generate_ids([[4]], max_new_tokens=0)
+  with pytest.raises(ValueError, match="temperature must be >= 0"):
+    gen.generate_ids([[4]], max_new_tokens=1, temperature=-1.0)
+
+
+def test_bfloat16_mixed_precision_tracks_float32(tiny_params):
+  bf16 = dataclasses.replace(TINY, dtype="bfloat16")
+  params16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), tiny_params)
+  tokens = jnp.array([[5, 9, 11, 40, 2, 7]])
+  ref, _ = llama.Llama(TINY).apply({"params": tiny_params}, tokens)
+  out, _ = llama.Llama(bf16).apply({"params": params16}, tokens)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, ref, atol=0.15 * float(jnp.abs(ref).max()))
+  gen = generation.Generator(bf16, params16, _FakeTokenizer())
+  assert gen.batch_buckets[0] == (2 if jax.default_backend() == "cpu" else 1)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("num_kv_heads", 3, "not a multiple of num_kv_heads=3"),
+    ("head_dim", 7, "must be even"),
+    ("dtype", "int8", "expected one of"),
+    ("hidden", 0, "hidden must be a positive int"),
+])
+def test_config_validation(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    dataclasses.replace(TINY, **{field: value})
+
+
+def test_generate_tokens_is_one_program_per_bucket(tiny_params):
+  gen = _generator(tiny_params, stop_ids=())
+  gen.generate_ids([[4, 5]], max_new_tokens=3)
+  gen.generate_ids([[4, 5, 6, 7, 8]], max_new_tokens=5)  # Same buckets (1, 16, 16).
+  program = gen._program(16, 0)
+  assert program._cache_size() == 1
+  gen.generate_ids([[4, 5], [6]], max_new_tokens=5)  # Batch bucket 2: a second shape.
+  assert program._cache_size() == 2
