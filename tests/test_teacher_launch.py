@@ -223,7 +223,7 @@ def test_prompts_state_budgets_and_hash_tracks_templates(communities, monkeypatc
   assert [prompts.word_budget(k, full) for k in (5, 4, 3, 2, 1)] == [30, 40, 25, 15, 8]
   assert prompts.word_budget(5, "a b c") == prompts.MIN_WORDS
   (summary,), words = prompts.summary_messages(record, full, 1)
-  assert words == 8 and "as its one key step, in about 8 words" in summary.content
+  assert words == 8 and "to its one key step, in about 8 words" in summary.content
   assert full in summary.content
   assert prompts.summary_max_new_tokens(8, cap=128) == 32
   assert prompts.summary_max_new_tokens(15, cap=128) == 64  # 46 rounded up to a power of 2.
@@ -260,3 +260,21 @@ def test_jax_backend_with_a_tiny_random_model(communities, tmp_path):
   assert meta["stats"]["completion_tokens"] <= 6 * 24 + 6 * 16
   assert meta["config"]["backend"] == {"backend": "jax", "model": "tiny_random",
                                        "weights": "random(seed=0)", "dtype": "float32"}
+
+
+def test_rationale_is_the_reply_without_its_answer_sentence():
+  assert launch.rationale_text("Bats are mammals.\n So the answer is yes.") == "Bats are mammals."
+  # Answer first, reasoning after it (small teachers do this).
+  assert launch.rationale_text("The answer is no. Dogs swim 3.5 km.\nThey tire.") == (
+      "Dogs swim 3.5 km. They tire.")
+  assert launch.rationale_text("  The answer is no.  ") == ""
+  assert launch.rationale_text("") == ""
+
+
+def test_batch_sizes_avoid_padding_but_not_tiny_batches():
+  buckets = (1, 2, 4, 8, 16, 32, 64)
+  assert backends.batch_sizes(40, buckets) == [32, 8]  # Not one batch of 64 with 24 pads.
+  assert backends.batch_sizes(80, buckets) == [64, 16]
+  assert backends.batch_sizes(17, buckets) == [17]  # 16 + 1 would add a decode loop for 1 row.
+  assert backends.batch_sizes(0, buckets) == []
+  assert backends.batch_sizes(6, (4,)) == [4, 2]

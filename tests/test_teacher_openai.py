@@ -189,12 +189,11 @@ class Served:
   """``python -m cdc_jax.teacher.serve --random_tiny`` on a free 127.0.0.1 port."""
 
   def __init__(self, *flags: str, cache: Path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     # The restarted server reuses the first one's compiled programs.
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     self.proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc_jax.teacher.serve", "--random_tiny", "--port", "0", *flags],
+        [sys.executable, "-m", "cdc_jax.teacher.serve", "--random_tiny", "--port", "0",
+         "--jax_cache_dir", str(cache), *flags],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     line = self.proc.stdout.readline()  # Blocks until the port is bound.
     assert line.startswith("serving tiny_random on http://127.0.0.1:"), line

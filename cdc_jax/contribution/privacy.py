@@ -15,7 +15,8 @@ u = cosine similarity of the two embeddings, du = 2 its sensitivity (u lies
 in [-1, 1], so u(t, s) - u(t2, s) <= 2 for any inputs t, t2). Each word's
 replacement is then eps_t-DP: P(t'|t) / P(t'|t2) <= e^eps_t for every pair of
 input words. ``exponential`` gives every word eps_t = eps; ``adaptive``
-spends the same total budget per question (mean eps_t = eps) unevenly:
+spends the same total budget per question (mean eps_t = eps over the sampled
+words) unevenly:
 weight 0.5 for stopwords, 2 for words of the record's answer-bearing context
 (its answer and shortest rationale), 1 otherwise; eps_t = eps * n * w_t / sum(w).
 A question of n words is (n * eps)-DP by composition under 'exponential';
@@ -132,25 +133,24 @@ def perturb_question(text: str, *, eps: float, mechanism: str = "exponential",
   check_mechanism(mechanism, eps)
   embeddings = embeddings or _default_embeddings()
   matches = list(_WORD.finditer(text))
-  budgets = word_budgets([m.group() for m in matches], eps=eps, mechanism=mechanism,
-                         context=context)
+  similarities = [embeddings.similarities(m.group()) for m in matches]
+  # Only sampled words share the budget: a word without an embedding is published as is.
+  sampled_words = [m.group() for m, s in zip(matches, similarities) if s is not None]
+  budgets = iter(word_budgets(sampled_words, eps=eps, mechanism=mechanism, context=context))
   pieces, last, used = [], 0, []
-  sampled = kept = passed = 0
-  for match, budget in zip(matches, budgets):
-    word = match.group()
-    similarities = embeddings.similarities(word)
-    if similarities is None:
-      replacement = word
-      passed += 1
-    else:
-      probs = exponential_probabilities(similarities, budget, sensitivity=sensitivity)
+  kept = 0
+  for match, sims in zip(matches, similarities):
+    word = replacement = match.group()
+    if sims is not None:
+      budget = next(budgets)
+      probs = exponential_probabilities(sims, budget, sensitivity=sensitivity)
       replacement = embeddings.words[int(rng.choice(len(probs), p=probs))]
-      sampled += 1
       kept += replacement == word
       used.append(round(budget, 6))
     pieces += [text[last:match.start()], replacement]
     last = match.end()
   pieces.append(text[last:])
+  sampled, passed = len(sampled_words), len(matches) - len(sampled_words)
   stats = PerturbStats(eps=float(eps), mechanism=mechanism, words=len(matches), sampled=sampled,
                        kept=kept, passed=passed, budgets=tuple(used))
   return "".join(pieces), stats

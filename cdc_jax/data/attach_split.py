@@ -56,7 +56,8 @@ class AttachReport:
 
   def __str__(self) -> str:
     read = ", ".join(f"{n} {s}" for s, n in self.candidates.items())
-    return (f"{self.community}/{self.split}: attached {self.attached} of {sum(self.candidates.values())} "
+    total = sum(self.candidates.values())
+    return (f"{self.community}/{self.split}: attached {self.attached} of {total} "
             f"{self.source} records ({read}); left out {self.overlapping} whose question is in "
             f"another {self.community} split and {self.duplicates} repeated questions")
 

@@ -125,6 +125,18 @@ class OracleBackend:
 # ------------------------------------------------------------------- jax ----
 
 
+def enable_compilation_cache(directory: str | Path) -> None:
+  """Keeps compiled XLA programs in ``directory`` (JAX's persistent cache).
+
+  Later processes with the same shapes (other shards on a shared disk, a
+  resumed run, a restarted server) load them instead of compiling, which on
+  CPU takes longer than generating a chunk.
+  """
+  import jax
+  jax.config.update("jax_compilation_cache_dir", str(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def tiny_random_generator(*, seed: int = 0) -> Any:
   """A Generator with a tiny random-weight Llama and a byte-level tokenizer (tests, smoke runs).
 
@@ -212,19 +224,58 @@ class JaxBackend:
 
   def complete(self, requests: Sequence[Request], *, temperature: float,
                seed: int) -> list[Completion]:
-    """See :class:`Backend`; one generate call per distinct ``max_new_tokens``."""
+    """See :class:`Backend`: requests with the same ``max_new_tokens`` are batched.
+
+    Each group is sorted by prompt length and cut into batches by
+    :func:`batch_sizes`, so short prompts are not padded to long ones.
+    """
     out: list[Completion | None] = [None] * len(requests)
     groups: dict[int, list[int]] = {}
     for i, request in enumerate(requests):
       groups.setdefault(request.max_new_tokens, []).append(i)
     for max_new, rows in sorted(groups.items()):
-      texts = [self.render(requests[i].messages) for i in rows]
-      generations = self.generator.generate(texts, max_new_tokens=max_new,
-                                            temperature=temperature, seed=seed)
-      for i, g in zip(rows, generations):
-        out[i] = Completion(text=g.text, prompt_tokens=g.num_prompt_tokens,
-                            completion_tokens=g.num_generated_tokens, finished=g.finished)
+      texts = {i: self.render(requests[i].messages) for i in rows}
+      rows = sorted(rows, key=lambda i: len(texts[i]))
+      start = 0
+      for size in batch_sizes(len(rows), self.generator.batch_buckets):
+        batch = rows[start:start + size]
+        start += size
+        generations = self.generator.generate([texts[i] for i in batch], max_new_tokens=max_new,
+                                              temperature=temperature, seed=seed)
+        for i, g in zip(batch, generations):
+          out[i] = Completion(text=g.text, prompt_tokens=g.num_prompt_tokens,
+                              completion_tokens=g.num_generated_tokens, finished=g.finished)
     return out  # type: ignore[return-value]
+
+
+def batch_sizes(n: int, buckets: Sequence[int], *, max_padding: float = 0.25,
+                small: int = 8) -> list[int]:
+  """Sizes of the batches to run ``n`` rows in, given the generator's batch buckets.
+
+  A batch is padded to its bucket; padding rows cost as much as real ones in
+  prefill. So rows that would waste more than ``max_padding`` of their bucket
+  are cut into bucket-sized batches instead, unless that leaves a batch of
+  fewer than ``small`` rows: each batch is one more sequential decode loop.
+
+  >>> batch_sizes(40, (1, 2, 4, 8, 16, 32, 64))
+  [32, 8]
+  >>> batch_sizes(80, (1, 2, 4, 8, 16, 32, 64))
+  [64, 16]
+  >>> batch_sizes(17, (1, 2, 4, 8, 16, 32, 64))
+  [17]
+  """
+  buckets = sorted(buckets)
+  sizes = []
+  while n > 0:
+    up = next((b for b in buckets if b >= n), buckets[-1])
+    down = max((b for b in buckets if b <= n), default=n)
+    if n >= up or n >= (1 - max_padding) * up or n - down < small:
+      take = min(n, up)
+    else:
+      take = down
+    sizes.append(take)
+    n -= take
+  return sizes
 
 
 # ---------------------------------------------------------------- openai ----

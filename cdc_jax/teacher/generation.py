@@ -30,6 +30,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 PROMPT_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
                   4096, 6144, 8192)
 NEW_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Stop ids are a fixed-size runtime input, so changing them does not recompile.
+MAX_STOP_IDS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +70,11 @@ def generate_tokens(
     rng: jax.Array,
     temperature: jax.Array,
     max_new_tokens: jax.Array,
+    stop_ids: jax.Array,
     *,
     config: llama.LlamaConfig,
     num_new: int,
     top_k: int,
-    stop_ids: tuple[int, ...],
     pad_id: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Decodes up to ``min(max_new_tokens, num_new)`` tokens for left-padded prompts.
@@ -80,6 +82,7 @@ def generate_tokens(
   Args:
     prompt_tokens, prompt_mask: ``[batch, prompt_len]``, left-padded; a row
       with no True in its mask is inactive (batch padding).
+    stop_ids: ``[MAX_STOP_IDS]`` int32, padded with -1 (matches nothing).
   Returns:
     tokens ``[batch, num_new]`` (pad after a row stops), the number of
     generated tokens per row (stop token included) and whether each row stopped.
@@ -92,7 +95,7 @@ def generate_tokens(
   logits, cache = model.apply(
       {"params": params}, prompt_tokens, positions=positions, attention_mask=prompt_mask,
       cache=cache, last_only=True)
-  stop = jnp.asarray(stop_ids, jnp.int32)
+  stop = stop_ids.astype(jnp.int32)
   limit = jnp.minimum(max_new_tokens, num_new)
 
   token = _pick_tokens(logits[:, 0], jax.random.fold_in(rng, 0), temperature, top_k)
@@ -121,6 +124,20 @@ def generate_tokens(
 
   _, _, _, _, out, stopped, _, lengths = jax.lax.while_loop(cond, body, state)
   return out, lengths, stopped
+
+
+@functools.lru_cache(maxsize=None)
+def generate_program(config: llama.LlamaConfig, *, num_new: int, top_k: int, pad_id: int,
+                     mesh: jax.sharding.Mesh | None = None, rules: tuple[Any, ...] = ()) -> Any:
+  """The jitted ``generate_tokens`` for one new-token bucket and top_k, shared by Generators.
+
+  jax.jit then compiles it once per (batch, prompt length) bucket. ``mesh`` and
+  ``rules`` only key the cache: the caller traces under that mesh and those
+  logical rules, which jit's own cache does not see.
+  """
+  del mesh, rules
+  return jax.jit(functools.partial(
+      generate_tokens, config=config, num_new=num_new, top_k=top_k, pad_id=pad_id))
 
 
 def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
@@ -166,10 +183,11 @@ class Generator:
     self.prompt_buckets = tuple(sorted(b for b in prompt_buckets if b <= config.max_seq_len))
     self.new_token_buckets = tuple(sorted(new_token_buckets))
     self.stop_ids = tuple(tokenizer.stop_ids if stop_ids is None else stop_ids)
+    if len(self.stop_ids) > MAX_STOP_IDS:
+      raise ValueError(f"at most {MAX_STOP_IDS} stop ids, got {len(self.stop_ids)}")
     self.mesh = mesh
     self.rules = tuple(rules)
     self._chat_format: chat.ChatFormat | None = None
-    self._compiled: dict[tuple[int, int, int, int], Any] = {}
 
   @classmethod
   def from_gguf(cls, path: str | os.PathLike[str], *, dtype: str = "float32",
@@ -207,12 +225,9 @@ class Generator:
     return stack
 
   def _program(self, num_new: int, top_k: int) -> Any:
-    key = (num_new, top_k)
-    if key not in self._compiled:
-      self._compiled[key] = jax.jit(functools.partial(
-          generate_tokens, config=self.config, num_new=num_new, top_k=top_k,
-          stop_ids=self.stop_ids, pad_id=self.tokenizer.pad_id))
-    return self._compiled[key]
+    return generate_program(self.config, num_new=num_new, top_k=top_k,
+                            pad_id=self.tokenizer.pad_id, mesh=self.mesh,
+                            rules=self.rules if self.mesh is not None else ())
 
   def generate(
       self,
@@ -262,6 +277,8 @@ class Generator:
                          f"max_seq_len={self.config.max_seq_len}")
     num_new = _bucket(max_new_tokens, self.new_token_buckets, "max_new_tokens")
     program = self._program(num_new, top_k)
+    stop = np.full((MAX_STOP_IDS,), -1, np.int32)
+    stop[:len(self.stop_ids)] = self.stop_ids
     # Chunks of similar length waste less compute on padding.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     chunk = self.batch_buckets[-1]
@@ -279,7 +296,8 @@ class Generator:
       rng = jax.random.fold_in(jax.random.PRNGKey(seed), c)
       with self._context():
         out, lengths, stopped = program(
-            self.params, tokens, mask, rng, jnp.float32(temperature), jnp.int32(max_new_tokens))
+            self.params, tokens, mask, rng, jnp.float32(temperature), jnp.int32(max_new_tokens),
+            stop)
       out, lengths, stopped = np.asarray(out), np.asarray(lengths), np.asarray(stopped)
       for r, i in enumerate(rows):
         n, fin = int(lengths[r]), bool(stopped[r])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import signal
 import sys
 import time
@@ -117,9 +118,31 @@ class TraceSettings:
       raise ValueError("max_new_tokens and summary_max_new_tokens must be >= 1")
 
 
-def _clean(text: str) -> str:
-  """A rationale: the text without its answer sentence, on one line."""
-  return " ".join(strip_answer_sentence(text).split())
+# An answer stated first ("The answer is no. Dogs cannot ..."): up to the end of its sentence.
+_LEADING_ANSWER = re.compile(
+    r"\A\s*(?:so,?\s+)?the\s+(?:final\s+)?answer\s+is\b.*?(?:[.!?](?=\s|\Z)|\n|\Z)",
+    re.IGNORECASE | re.DOTALL)
+
+
+def rationale_text(reply: str) -> str:
+  """The rationale in a teacher's reply: without its answer sentence, on one line.
+
+  Small teachers often state the answer first and reason after it; then the
+  reasoning that follows is the rationale.
+
+  >>> rationale_text("Bats are mammals. So the answer is yes.")
+  'Bats are mammals.'
+  >>> rationale_text("The answer is no. Dogs cannot swim 3.5 km.")
+  'Dogs cannot swim 3.5 km.'
+  >>> rationale_text("The answer is no.")
+  ''
+  """
+  kept = strip_answer_sentence(reply)
+  if not kept:
+    rest = _LEADING_ANSWER.sub("", reply, count=1)
+    if rest != reply:
+      kept = strip_answer_sentence(rest)
+  return " ".join(kept.split())
 
 
 def _ask_cots(items: Sequence[records_lib.TraceRecord], backend: backends_lib.Backend, *,
@@ -132,7 +155,7 @@ def _ask_cots(items: Sequence[records_lib.TraceRecord], backend: backends_lib.Ba
   cots = backend.complete(requests, temperature=settings.temperature, seed=seed)
   full, failures = {}, []
   for r, c in zip(items, cots):
-    rationale = _clean(c.text)
+    rationale = rationale_text(c.text)
     if rationale:
       full[r.id] = (rationale, c)
     else:
@@ -157,7 +180,7 @@ def _ask_summaries(items: Sequence[records_lib.TraceRecord], full: dict[str, tup
           r.id, level, messages,
           prompts.summary_max_new_tokens(words, cap=settings.summary_max_new_tokens)))
   out = backend.complete(requests, temperature=settings.temperature, seed=seed)
-  texts = {(q.record_id, q.level): (_clean(c.text), words)
+  texts = {(q.record_id, q.level): (rationale_text(c.text), words)
            for q, c, words in zip(requests, out, budgets)}
   return texts, out
 
@@ -331,6 +354,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   jax_flags.add_argument("--max_seq_len", type=int, default=2048)
   jax_flags.add_argument("--random_tiny", action="store_true",
                          help="a tiny random-weight model instead (smoke tests; output is noise)")
+  jax_flags.add_argument("--jax_cache_dir", default=None,
+                         help="persistent compilation cache shared by shards and resumed runs")
   api = parser.add_argument_group("openai backend")
   api.add_argument("--base_url", default="http://127.0.0.1:8000/v1")
   api.add_argument("--model", default=None, help="default: the first model the server lists")
@@ -353,6 +378,8 @@ def make_backend(args: argparse.Namespace, questions: Questions) -> backends_lib
   if args.backend == "oracle":
     return backends_lib.OracleBackend(questions.records)
   if args.backend == "jax":
+    if args.jax_cache_dir:
+      backends_lib.enable_compilation_cache(args.jax_cache_dir)
     if args.random_tiny:
       return backends_lib.JaxBackend.random_tiny(seed=args.seed)
     return backends_lib.JaxBackend.from_gguf(args.gguf, max_seq_len=args.max_seq_len)

@@ -260,6 +260,7 @@ class Llama(nn.Module):
   Without a cache, ``attention_mask [batch, length]`` (default all True) marks
   real tokens and attention is causal over this chunk. With a cache, the
   chunk is written at ``cache.index`` and attends to every valid earlier slot.
+  ``positions`` defaults to each row's count of earlier real tokens.
   ``last_only`` computes logits for the final position only (prefill).
   """
   config: LlamaConfig
@@ -281,7 +282,9 @@ class Llama(nn.Module):
       attention_mask = jnp.ones((batch, length), jnp.bool_)
     attention_mask = attention_mask.astype(jnp.bool_)
     if positions is None:
-      positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+      # Each row's RoPE position counts only its real tokens (left padding skipped).
+      offset = 0 if cache is None else jnp.sum(cache.valid, axis=1, keepdims=True)
+      positions = jnp.maximum(offset + jnp.cumsum(attention_mask, axis=1) - 1, 0)
     positions = positions.astype(jnp.int32)
 
     if cache is None:

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 from cdc_jax import names
 from cdc_jax.data import records as records_lib
 
-PROMPTS_VERSION = 1
+PROMPTS_VERSION = 2
 
 COT_TEMPLATE = (
     "Answer the following question. Think step by step: write the reasoning as short "
@@ -44,11 +44,10 @@ COT_TEMPLATE = (
     "Question: {question}{choices_block}")
 
 SUMMARY_TEMPLATE = (
-    "Here is a question and a step-by-step solution.\n\n"
     "Question: {question}{choices_block}\n"
-    "Solution: {rationale}\n\n"
-    "Rewrite the solution {budget}. Keep the steps that decide the answer, in order. Do not "
-    "write \"The answer is\". Reply with the rewritten solution only.")
+    "Explanation: {rationale}\n\n"
+    "Shorten the explanation {budget}, keeping the steps that decide the answer. Reply with "
+    "the shortened explanation only.")
 
 # What X in "The answer is X." should look like, per answer type.
 ANSWER_FORMATS = {
@@ -97,8 +96,8 @@ def word_budget(level: int, full_cot: str) -> int:
 def budget_instruction(level: int, words: int) -> str:
   """The phrase of the summary prompt that states the budget."""
   if level == 1:
-    return f"as its one key step, in about {words} words"
-  return f"in about {words} words"
+    return f"to its one key step, in about {words} words"
+  return f"to about {words} words"
 
 
 def summary_max_new_tokens(words: int, *, cap: int) -> int:

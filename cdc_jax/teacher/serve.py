@@ -218,6 +218,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--max_seq_len", type=int, default=2048)
   parser.add_argument("--random_tiny", action="store_true",
                       help="serve a tiny random-weight model (tests; output is noise)")
+  parser.add_argument("--jax_cache_dir", default=None,
+                      help="persistent compilation cache (a restarted server skips compiling)")
   parser.add_argument("--max_batch", type=int, default=16)
   parser.add_argument("--verbose", action="store_true", help="log every request")
   parser.add_argument("--die_after_requests", type=int, default=None,
@@ -228,6 +230,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
   """Loads the model, binds the port, prints where it serves and serves until killed."""
   args = parse_args(argv)
+  if args.jax_cache_dir:
+    backends_lib.enable_compilation_cache(args.jax_cache_dir)
   backend = (backends_lib.JaxBackend.random_tiny() if args.random_tiny
              else backends_lib.JaxBackend.from_gguf(args.gguf, max_seq_len=args.max_seq_len))
   server = Server((args.host, args.port), backend=backend, max_batch=args.max_batch,
