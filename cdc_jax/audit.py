@@ -37,6 +37,7 @@ class AuditResult:
 
   @property
   def ok(self) -> bool:
+    """No withdrawn record was used."""
     return not self.violations
 
 

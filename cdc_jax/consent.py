@@ -224,6 +224,7 @@ class Consents:
     return self.communities.get(community, CommunityConsent())
 
   def to_json(self) -> dict[str, Any]:
+    """The registry file's JSON object."""
     return {"version": _VERSION, "communities": {
         name: {"withdrawn_at": c.withdrawn_at, "reason": c.reason,
                "records": dict(sorted(c.records.items()))}

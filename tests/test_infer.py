@@ -3,7 +3,6 @@
 import json
 
 import gin
-import numpy as np
 import pytest
 
 from cdc_jax import decoding, infer, optimizers, partitioning, train

@@ -1,4 +1,4 @@
-"""The teacher launcher: sharding, kill-and-resume, verify, prompts (oracle and tiny jax backends)."""
+"""The teacher launcher: sharding, kill-and-resume, verify, prompts (oracle, tiny jax backend)."""
 
 from __future__ import annotations
 
@@ -201,7 +201,7 @@ def test_failures_are_counted_not_dropped(communities, tmp_path):
 def test_jsonl_input_and_split_selection(communities, tmp_path):
   community = records_lib.load_community(communities / "commonsense")
   path = tmp_path / "questions.jsonl"
-  records_lib.write_records(path, list(community.records["train"]) + list(community.records["test"]))
+  records_lib.write_records(path, [*community.records["train"], *community.records["test"]])
   questions = launch.load_questions(path, splits=("test",))
   assert (questions.community, questions.answer_type, questions.license) == (
       "commonsense", "choice", "CC0-1.0")

@@ -176,7 +176,8 @@ def test_completions_api_and_model_from_the_server(stub_factory):
   stub = stub_factory(handler=handler)
   backend = backends.OpenAIBackend(backends.OpenAIClient(stub.url, retry=FAST), api="completions")
   assert backend.teacher == "served-model"
-  req = backends.Request("q", 6, (prompts.Message("system", "ab"), prompts.Message("user", "cd")), 8)
+  messages = (prompts.Message("system", "ab"), prompts.Message("user", "cd"))
+  req = backends.Request("q", 6, messages, 8)
   (out,) = backend.complete([req], temperature=0.5, seed=1)
   assert out.text == "dc\n\nba" and not out.finished
   assert stub.requests[-1][2]["prompt"] == "ab\n\ncd"

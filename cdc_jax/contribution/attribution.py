@@ -41,7 +41,7 @@ def _answer_log_likelihood(model: EncoderDecoderModel, params: Any, batch: Mappi
                            delta: jax.Array) -> jax.Array:
   """Summed log-likelihood of the targets with ``delta`` added to the encoder embeddings."""
 
-  def add_delta(next_fun, args, kwargs, context):
+  def add_delta(next_fun, args, kwargs, context) -> Any:
     out = next_fun(*args, **kwargs)
     if isinstance(context.module, t5.Embed) and context.method_name == "__call__":
       return out + delta.astype(out.dtype)

@@ -131,7 +131,7 @@ def perturb_question(text: str, *, eps: float, mechanism: str = "exponential",
     sensitivity: du of the utility; 2 for cosine similarity.
   """
   check_mechanism(mechanism, eps)
-  embeddings = embeddings or _default_embeddings()
+  embeddings = embeddings if embeddings is not None else _default_embeddings()
   matches = list(_WORD.finditer(text))
   similarities = [embeddings.similarities(m.group()) for m in matches]
   # Only sampled words share the budget: a word without an embedding is published as is.
@@ -193,7 +193,7 @@ def perturb_record(record: records_lib.TraceRecord, *, eps: float, mechanism: st
   if "privacy" in record.provenance:
     raise ValueError(f"record {record.community}/{record.id} was already perturbed "
                      f"({record.provenance['privacy']}); budgets do not stack silently")
-  embeddings = embeddings or _default_embeddings()
+  embeddings = embeddings if embeddings is not None else _default_embeddings()
   question, stats = perturb_question(record.question, eps=eps, mechanism=mechanism,
                                      rng=record_rng(record, seed), embeddings=embeddings,
                                      context=answer_context(record))
@@ -227,7 +227,7 @@ def perturb_community(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
   if unknown:
     raise ValueError(f"{community.directory}: no split(s) {unknown}; it has "
                      f"{sorted(community.records)}")
-  embeddings = embeddings or _default_embeddings()
+  embeddings = embeddings if embeddings is not None else _default_embeddings()
   counts: dict[str, collections.Counter] = {}
   out_records = {}
   for split, recs in community.records.items():

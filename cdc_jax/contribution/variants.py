@@ -22,13 +22,14 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 from cdc_jax import sweep as sweep_lib
 from cdc_jax.coalitions import results
 from cdc_jax.data import records as records_lib
 
 PRIVATE_COMMUNITIES_DIR = ".communities"
+KEY_TOKENS_GIN = "gin/contribution/key_tokens.gin"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,15 +198,15 @@ def run_key_tokens_sweep(*, spec: sweep_lib.SweepSpec, k_values: Sequence[int], 
                          ) -> list[results.RunResult]:
   """The grid of ``spec`` in the key_tokens format at each k (tokens shared).
 
-  Each variant binds ``catalog.default_options`` (key_tokens_k, selector);
-  the 'attribution' selector also needs ``gin/contribution/attribution.gin``
-  in ``gin_files``. Results record ``selection='key_tokens:k=<k>'``.
+  Runs also read ``gin/contribution/key_tokens.gin`` (task options from the
+  macros KEY_TOKENS_K and KEY_TOKEN_SELECTOR, bound per variant); the
+  'attribution' selector also needs ``gin/contribution/attribution.gin`` in
+  ``gin_files``. Results record ``selection='key_tokens:k=<k>'``.
   """
   spec = dataclasses.replace(spec, formats=("key_tokens",))
+  gin_files = [*gin_files] + ([KEY_TOKENS_GIN] if KEY_TOKENS_GIN not in gin_files else [])
   variants = [Variant(selection=key_tokens_selection(k, selector), gin_bindings=(
-      "catalog.register_tasks.options = @catalog.default_options()",
-      f"catalog.default_options.key_tokens_k = {int(k)}",
-      f"catalog.default_options.key_token_selector = {selector!r}")) for k in k_values]
+      f"KEY_TOKENS_K = {int(k)}", f"KEY_TOKEN_SELECTOR = {selector!r}")) for k in k_values]
   return run_variants(spec=spec, variants=variants, sweep_dir=sweep_dir, gin_files=gin_files,
                       gin_bindings=gin_bindings, workers=workers, dry_run=dry_run,
                       run_sweep_fn=run_sweep_fn)

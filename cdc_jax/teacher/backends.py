@@ -210,7 +210,8 @@ class JaxBackend:
   @classmethod
   def random_tiny(cls, *, seed: int = 0) -> JaxBackend:
     """A backend over :func:`tiny_random_generator` (output is noise)."""
-    return cls(tiny_random_generator(seed=seed), teacher="tiny_random", source=f"random(seed={seed})")
+    return cls(tiny_random_generator(seed=seed), teacher="tiny_random",
+               source=f"random(seed={seed})")
 
   def describe(self) -> dict[str, Any]:
     """See :class:`Backend`."""

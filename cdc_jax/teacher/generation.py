@@ -180,7 +180,8 @@ class Generator:
       # XLA:CPU runs a one-row bf16 matmul by converting the weights to f32 every
       # step (~10x slower); two rows take the fast bf16 -> f32 kernel.
       self.batch_buckets = tuple(sorted({max(b, 2) for b in self.batch_buckets}))
-    self.prompt_buckets = tuple(sorted(b for b in prompt_buckets if b <= config.max_seq_len))
+    self.prompt_buckets = tuple(sorted(
+        {b for b in prompt_buckets if b < config.max_seq_len} | {config.max_seq_len}))
     self.new_token_buckets = tuple(sorted(new_token_buckets))
     self.stop_ids = tuple(tokenizer.stop_ids if stop_ids is None else stop_ids)
     if len(self.stop_ids) > MAX_STOP_IDS:

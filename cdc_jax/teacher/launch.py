@@ -167,7 +167,8 @@ def _ask_cots(items: Sequence[records_lib.TraceRecord], backend: backends_lib.Ba
 def _ask_summaries(items: Sequence[records_lib.TraceRecord], full: dict[str, tuple[str, Any]],
                    backend: backends_lib.Backend, *, levels: Sequence[int],
                    settings: TraceSettings, seed: int
-                   ) -> tuple[dict[tuple[str, int], tuple[str, int]], list[backends_lib.Completion]]:
+                   ) -> tuple[dict[tuple[str, int], tuple[str, int]],
+                              list[backends_lib.Completion]]:
   """(id, level) -> (summary without any answer sentence, its word budget), for every CoT."""
   requests, budgets = [], []
   for r in items:
@@ -325,7 +326,8 @@ def _splits(text: str) -> tuple[str, ...]:
 def add_input_flags(parser: argparse.ArgumentParser) -> None:
   """The flags that name the input (shared with verify)."""
   parser.add_argument("--input", required=True,
-                      help="community directory, its community.json, or a JSON Lines file of records")
+                      help="community directory, its community.json, or a JSON Lines file "
+                           "of records")
   parser.add_argument("--splits", type=_splits, default=None, help="e.g. train,test (default all)")
 
 
@@ -336,7 +338,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   add_input_flags(parser)
   parser.add_argument("--out", required=True, help="output directory of the shard files")
   parser.add_argument("--backend", choices=backends_lib.BACKENDS, default="jax")
-  parser.add_argument("--levels", type=parse_levels, default=names.LEVELS, help="e.g. 1,6 (default all)")
+  parser.add_argument("--levels", type=parse_levels, default=names.LEVELS,
+                      help="e.g. 1,6 (default all)")
   parser.add_argument("--shard_index", type=int, default=0)
   parser.add_argument("--num_shards", type=int, default=1)
   parser.add_argument("--chunk_size", type=int, default=16, help="questions per committed chunk")
@@ -350,7 +353,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            "traces as a community directory here")
   parser.add_argument("--progress_interval", type=float, default=5.0, help="seconds")
   jax_flags = parser.add_argument_group("jax backend")
-  jax_flags.add_argument("--gguf", default=None, help="llama GGUF file (default: SmolLM2-135M-Instruct)")
+  jax_flags.add_argument("--gguf", default=None,
+                         help="llama GGUF file (default: SmolLM2-135M-Instruct)")
   jax_flags.add_argument("--max_seq_len", type=int, default=2048)
   jax_flags.add_argument("--random_tiny", action="store_true",
                          help="a tiny random-weight model instead (smoke tests; output is noise)")
@@ -415,7 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report)
         if not report.ok:
           return 1
-        print(f"wrote {verify.write_output_community(args.out, questions, args.write_community, report=report)}")
+        path = verify.write_output_community(args.out, questions, args.write_community,
+                                             report=report)
+        print(f"wrote {path}")
   except (records_lib.RecordError, ValueError, backends_lib.TeacherHTTPError,
           FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -1,9 +1,11 @@
 """The teacher prompts: a full chain of thought, then shorter summaries of it.
 
-The launcher asks the teacher twice per question. First for the full CoT
-(level 6), ending in an answer sentence that :func:`cdc_jax.answers.extract_answer`
-parses. Then, for every lower level it makes, to summarise that CoT (without
-its answer sentence) within the level's word budget:
+The launcher asks the teacher in two rounds (each one batch per chunk of
+questions). First for the full CoT (level 6), ending in an answer sentence
+that :func:`cdc_jax.answers.extract_answer` parses into ``teacher_answer``.
+Then, for every lower level it makes, to shorten that CoT (without its answer
+sentence, see :func:`cdc_jax.teacher.launch.rationale_text`) to the level's
+word budget:
 
 =====  ===========================================================
 level  budget

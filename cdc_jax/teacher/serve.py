@@ -22,7 +22,6 @@ import json
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -214,7 +213,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--port", type=int, required=True, help="0: any free port")
   parser.add_argument("--host", default="127.0.0.1")
-  parser.add_argument("--gguf", default=None, help="llama GGUF file (default: SmolLM2-135M-Instruct)")
+  parser.add_argument("--gguf", default=None,
+                      help="llama GGUF file (default: SmolLM2-135M-Instruct)")
   parser.add_argument("--max_seq_len", type=int, default=2048)
   parser.add_argument("--random_tiny", action="store_true",
                       help="serve a tiny random-weight model (tests; output is noise)")

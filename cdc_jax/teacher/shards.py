@@ -1,9 +1,10 @@
 """Sharded, resumable output of the teacher launcher.
 
-A shard is the input records :func:`shard_assignment` deals it (by a
-stable hash of their ids), kept in input order and cut into numbered chunks of ``chunk_size``. While a
-shard runs, each finished chunk is committed to ``<out>/traces-SSSSS-of-NNNNN.parts/``
-as two files, each written to a temp file and renamed:
+A shard is the input records :func:`shard_assignment` deals it (by a stable
+hash of their ids), kept in input order and cut into numbered chunks of
+``chunk_size``. While a shard runs, each finished chunk is committed to
+``<out>/traces-SSSSS-of-NNNNN.parts/`` as two files, each written to a temp
+file and renamed:
 
   chunk-CCCCC.side.json   its failures and timing (written first)
   chunk-CCCCC.jsonl       its records (the commit: a chunk is done iff this exists)

@@ -71,7 +71,8 @@ class VerifyReport:
     failed = collections.Counter(f.split for f in self.failures)
     for split in sorted(self.expected, key=records_lib.SPLITS.index):
       acc = self.accuracy(split)
-      acc_text = f"{100 * acc:.1f}% ({self.correct[split]}/{self.records[split]})" if acc is not None else "n/a"
+      acc_text = ("n/a" if acc is None
+                  else f"{100 * acc:.1f}% ({self.correct[split]}/{self.records[split]})")
       lines.append(f"  {split}: {self.records[split]} records of {self.expected[split]} questions, "
                    f"{failed[split]} failures; teacher accuracy {acc_text}, no answer parsed "
                    f"{self.no_answer[split]}")
@@ -245,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = verify_output(args.out, questions, num_shards=args.num_shards, levels=args.levels)
     print(report)
     if report.ok and args.write_community:
-      print(f"wrote {write_output_community(args.out, questions, args.write_community, report=report)}")
+      path = write_output_community(args.out, questions, args.write_community, report=report)
+      print(f"wrote {path}")
   except (records_lib.RecordError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
