@@ -5,7 +5,9 @@
 
 Restarting the same command resumes from the latest checkpoint in
 ``model_dir`` (parameters, optimizer state and data position), so a
-preempted run ends bitwise identical to an uninterrupted one on CPU.
+preempted run ends bitwise identical to an uninterrupted one on CPU (with
+``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``: multi-threaded matmuls may
+sum in a different order under load).
 """
 
 from __future__ import annotations

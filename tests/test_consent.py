@@ -10,8 +10,8 @@ from cdc_jax.coalitions import experiment, results
 from cdc_jax.data import records as R
 from cdc_jax.tasks import catalog, registry
 
-BINDINGS = ["TRAIN_STEPS = 2", "BATCH_SIZE = 4", "CHECKPOINT_EVERY = 2", "EVAL_BATCH_SIZE = 8",
-            "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 16}"]
+BINDINGS = ["TRAIN_STEPS = 2", "BATCH_SIZE = 4", "CHECKPOINT_EVERY = 2", "EVAL_BATCH_SIZE = 2",
+            "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 8}"]
 
 
 def _community(directory, name, *, train=6, provenance=None):

@@ -48,13 +48,16 @@ def test_sigkill_after_checkpoint_then_resume_is_bitwise_identical(tmp_path):
   task = "cdc.strategy.L6.cot_label"
   args = lambda d: train_helpers.tiny_train_args(d, task, steps=6, extra=(
       "--gin.CHECKPOINT_EVERY=2",))
-  train_helpers.run_module("cdc_jax.train", args(tmp_path / "straight"))
+  # Multi-threaded Eigen contractions may split sums differently from run to
+  # run on a busy machine; bitwise reproducibility on CPU asks for one thread.
+  env = {"XLA_FLAGS": train_helpers.DETERMINISTIC_XLA_FLAGS}
+  train_helpers.run_module("cdc_jax.train", args(tmp_path / "straight"), env=env)
   killed = train_helpers.run_module(
       "cdc_jax.train", args(tmp_path / "resumed") + ["--gin.train.simulate_preemption_at_step=4"],
-      check=False)
+      check=False, env=env)
   assert killed.returncode == -9, killed.stderr[-2000:]
   assert checkpoints.Checkpointer(tmp_path / "resumed").latest_step() == 4
-  train_helpers.run_module("cdc_jax.train", args(tmp_path / "resumed"))
+  train_helpers.run_module("cdc_jax.train", args(tmp_path / "resumed"), env=env)
   straight, step_a = checkpoints.restore_params(tmp_path / "straight")
   resumed, step_b = checkpoints.restore_params(tmp_path / "resumed")
   assert step_a == step_b == 6

@@ -10,6 +10,7 @@ from pathlib import Path
 from cdc_jax.data import records as R
 
 REPO = Path(__file__).resolve().parents[1]
+DETERMINISTIC_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 
 
 def always_yes_community(directory: Path, name: str = "yesland", *, train: int = 24,
