@@ -23,11 +23,14 @@ subprocess, so memory figures never mix and thread pools start fresh. A
 worker runs ``--warmup`` steps (the first compiles; its time is reported as
 "first step"), then times ``--steps`` steps one by one, waiting for each to
 finish (``jax.block_until_ready`` on the new state; PyTorch is synchronous on
-CPU), and reports the median step time. Tokens/s counts encoder plus decoder
-tokens (16 x (128 + 64) = 3072 per step). ``--threads N`` pins each worker to
-N CPUs (sched_setaffinity before JAX or PyTorch start their thread pools) and
-sets PyTorch's intra-op threads to N; the default is every CPU this process
-may use.
+CPU), and reports the median step time (tokens/s, GFLOP/s and %peak use it)
+and the fastest. Tokens/s counts encoder plus decoder tokens (16 x (128 + 64)
+= 3072 per step). ``--threads N`` pins each worker to N CPUs
+(sched_setaffinity before JAX or PyTorch start their thread pools) and sets
+PyTorch's intra-op threads to N; the default is every CPU this process may
+use. On a CPU shared with other jobs PyTorch's OpenMP threads slow down far
+more than XLA's when cores are oversubscribed; ``--threads 1`` compares the
+two more fairly there.
 
 Peak memory: JAX's ``device.memory_stats()`` is None on CPU, so both
 frameworks are measured the same way: the worker's resident-set high-water
@@ -47,7 +50,9 @@ nothing). Embedding lookups and norms are not counted. The usual
 (it sends every token through both stacks and the output layer) and is
 printed only for comparison.
 
-The CPU may be shared with other jobs: figures are indicative.
+The CPU may be shared with other jobs: figures are indicative. The "loss"
+column only shows that a real step ran: HF initialises its untied output
+layer with unit variance, so its first losses are far above log(vocab).
 """
 
 from __future__ import annotations
@@ -308,7 +313,8 @@ def _run_worker(worker: str, config: str, args: argparse.Namespace) -> dict[str,
 def _row(label: str, r: dict[str, Any], flops: float, peak: float) -> str:
   tokens = BATCH * (INPUTS + TARGETS)
   rate = flops / r["step_s"] / 1e9
-  return (f"  {label:<16} {r['step_s'] * 1e3:9.1f} {tokens / r['step_s']:10.0f} {rate:8.1f} "
+  return (f"  {label:<16} {r['step_s'] * 1e3:9.1f} {r['step_min_s'] * 1e3:9.1f} "
+          f"{tokens / r['step_s']:10.0f} {rate:8.1f} "
           f"{100 * rate / peak:6.1f}% {r['peak_rss_mib']:8.0f} "
           f"{r['peak_rss_mib'] - r['rss_baseline_mib']:8.0f} {r['first_step_s']:7.1f} "
           f"{r['loss']:7.3f}")
@@ -364,7 +370,7 @@ def main() -> None:
           f" model {flops / 1e9:.1f} GFLOP/step ("
           + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in parts.items())
           + f"; 6 x params x all tokens would say {naive / 1e9:.1f})")
-    print(f"  {'framework':<16} {'step ms':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'%peak':>7} "
+    print(f"  {'framework':<16} {'step ms':>9} {'min ms':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'%peak':>7} "
           f"{'RSS MiB':>8} {'+model':>8} {'1st s':>7} {'loss':>7}")
     labels = {"jax": "jax (ours)", "torch": "torch eager", "torch-compile": "torch.compile"}
     for worker, result in results.items():

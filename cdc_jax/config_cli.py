@@ -62,5 +62,19 @@ def configured(module: str, name: str):
   return gin.get_configurable(getattr(importlib.import_module(module), name))
 
 
+def run_configured(module: str, name: str, argv: Sequence[str] | None, *, description: str):
+  """The whole CLI of a gin-configured entry point: parse flags and gin, call ``module.name``."""
+  import logging
+  import sys
+
+  bindings, rest = split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
+  parser = argparse.ArgumentParser(description=description)
+  add_gin_flags(parser)
+  args = parser.parse_args(rest)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  parse_gin(args.gin_file, bindings, args.gin_search_path)
+  return configured(module, name)()
+
+
 def operative_config() -> str:
   return gin.operative_config_str()

@@ -11,19 +11,14 @@ gold answer, correct) and ``<task>.metrics.json``, plus ``metrics.json`` for all
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import jax  # pylint: disable=g-import-not-at-top
-import numpy as np
 import seqio
 
 from cdc_jax import decoding, partitioning, progress
@@ -125,13 +120,8 @@ def _evaluate_one(name: str, predictor: decoding.Predictor, lengths: Mapping[str
 def main(argv: Sequence[str] | None = None) -> None:
   from cdc_jax import config_cli
 
-  bindings, rest = config_cli.split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  config_cli.add_gin_flags(parser)
-  args = parser.parse_args(rest)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  config_cli.parse_gin(args.gin_file, bindings, args.gin_search_path)
-  config_cli.configured('cdc_jax.evaluate', 'evaluate')()
+  config_cli.run_configured("cdc_jax.evaluate", "evaluate", argv,
+                            description=__doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

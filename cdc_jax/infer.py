@@ -25,12 +25,10 @@ any model is loaded.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -277,13 +275,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   """Command line: gin files and ``--gin.NAME=VALUE`` bindings configure :func:`infer`."""
   from cdc_jax import config_cli
 
-  bindings, rest = config_cli.split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  config_cli.add_gin_flags(parser)
-  args = parser.parse_args(rest)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  config_cli.parse_gin(args.gin_file, bindings, args.gin_search_path)
-  report = config_cli.configured("cdc_jax.infer", "infer")()
+  report = config_cli.run_configured("cdc_jax.infer", "infer", argv,
+                                     description=__doc__.split("\n")[0])
   print(json.dumps(dataclasses.asdict(report), sort_keys=True))
 
 

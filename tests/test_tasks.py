@@ -1,7 +1,6 @@
 """SeqIO tasks and mixtures: exact formatted strings, registration, mixture rates."""
 
 import itertools
-import json
 import uuid
 
 import numpy as np
