@@ -60,6 +60,18 @@ class Predictor:
     return np.concatenate(out) if out else np.zeros((0, self.max_decode_len), np.int32)
 
 
+def restore_predictor(model: EncoderDecoderModel, checkpoint: str, *, mesh_shape: Sequence[int],
+                      batch_size: int, task_feature_lengths: dict[str, int],
+                      num_beams: int = 1) -> tuple[Predictor, int | None]:
+  """A :class:`Predictor` over a checkpoint's parameters on a new mesh; returns it and the step."""
+  mesh = partitioning.make_mesh(mesh_shape)
+  shapes = {"encoder_input_tokens": (batch_size, task_feature_lengths["inputs"]),
+            "decoder_input_tokens": (batch_size, task_feature_lengths["targets"])}
+  params, step = load_params(model, checkpoint, mesh, input_shapes=shapes)
+  return Predictor(model, params, mesh, batch_size=batch_size,
+                   max_decode_len=task_feature_lengths["targets"], num_beams=num_beams), step
+
+
 def pad_rows(rows: Iterable[Sequence[int]], length: int) -> np.ndarray:
   """Token lists -> a zero-padded int32 matrix, each row cut to ``length``."""
   rows = list(rows)

@@ -21,7 +21,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import seqio
 
-from cdc_jax import decoding, partitioning, progress
+from cdc_jax import decoding, progress
 from cdc_jax.data import records as records_lib
 from cdc_jax.models.encoder_decoder import EncoderDecoderModel
 from cdc_jax.tasks import metrics as metrics_lib
@@ -72,12 +72,9 @@ def evaluate(*, model: EncoderDecoderModel, mixture_or_task_name: str | Sequence
   names = [mixture_or_task_name] if isinstance(mixture_or_task_name, str) else list(
       mixture_or_task_name)
   lengths = dict(task_feature_lengths)
-  mesh = partitioning.make_mesh(mesh_shape)
-  shapes = {"encoder_input_tokens": (batch_size, lengths["inputs"]),
-            "decoder_input_tokens": (batch_size, lengths["targets"])}
-  params, step = decoding.load_params(model, checkpoint, mesh, input_shapes=shapes)
-  predictor = decoding.Predictor(model, params, mesh, batch_size=batch_size,
-                                 max_decode_len=lengths["targets"], num_beams=num_beams)
+  predictor, step = decoding.restore_predictor(
+      model, checkpoint, mesh_shape=mesh_shape, batch_size=batch_size,
+      task_feature_lengths=lengths, num_beams=num_beams)
   outputs = Path(output_dir)
   outputs.mkdir(parents=True, exist_ok=True)
   results: dict[str, dict[str, float]] = {}

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from cdc_jax import decoding, names, partitioning, progress  # pylint: disable=g-import-not-at-top
+from cdc_jax import decoding, names, progress  # pylint: disable=g-import-not-at-top
 from cdc_jax.data import records as records_lib
 from cdc_jax.models.encoder_decoder import EOS_ID, EncoderDecoderModel
 from cdc_jax.tasks import formats
@@ -243,12 +243,9 @@ def infer(*, model: EncoderDecoderModel, checkpoint: str, input_file: str, outpu
   if truncated:
     logging.warning("%d of %d inputs are longer than %d tokens and were cut", truncated,
                     len(inputs), lengths["inputs"])
-  mesh = partitioning.make_mesh(mesh_shape)
-  shapes = {"encoder_input_tokens": (batch_size, lengths["inputs"]),
-            "decoder_input_tokens": (batch_size, lengths["targets"])}
-  params, step = decoding.load_params(model, checkpoint, mesh, input_shapes=shapes)
-  predictor = decoding.Predictor(model, params, mesh, batch_size=batch_size,
-                                 max_decode_len=lengths["targets"], num_beams=num_beams)
+  predictor, step = decoding.restore_predictor(
+      model, checkpoint, mesh_shape=mesh_shape, batch_size=batch_size,
+      task_feature_lengths=lengths, num_beams=num_beams)
   bar = progress.Progress(len(inputs), label="infer", unit="examples", interval=10.0)
   rows = []
   for start in range(0, len(inputs), batch_size):
