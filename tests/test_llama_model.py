@@ -47,19 +47,20 @@ def _forward():
 def test_param_tree_shapes_and_logical_axes():
   abstract = llama.abstract_params(TINY)
   layer = abstract["layers_0"]
-  assert layer["attn"]["q_proj"]["kernel"].names == ("embed", "heads", "kv")
-  assert layer["attn"]["q_proj"]["kernel"].value.shape == (32, 4, 8)
-  assert layer["attn"]["k_proj"]["kernel"].names == ("embed", "kv_heads", "kv")
-  assert layer["attn"]["k_proj"]["kernel"].value.shape == (32, 2, 8)
-  assert layer["attn"]["o_proj"]["kernel"].names == ("heads", "kv", "embed")
-  assert layer["mlp"]["gate_proj"]["kernel"].names == ("embed", "mlp")
-  assert layer["mlp"]["down_proj"]["kernel"].names == ("mlp", "embed")
+  # Weights keep Hugging Face's [out, in] layout.
+  assert layer["attn"]["q_proj"]["weight"].names == ("heads", "kv", "embed")
+  assert layer["attn"]["q_proj"]["weight"].value.shape == (4, 8, 32)
+  assert layer["attn"]["k_proj"]["weight"].names == ("kv_heads", "kv", "embed")
+  assert layer["attn"]["k_proj"]["weight"].value.shape == (2, 8, 32)
+  assert layer["attn"]["o_proj"]["weight"].names == ("embed", "heads", "kv")
+  assert layer["mlp"]["gate_proj"]["weight"].names == ("mlp", "embed")
+  assert layer["mlp"]["down_proj"]["weight"].names == ("embed", "mlp")
   assert layer["input_norm"]["scale"].names == ("embed",)
   assert abstract["embed_tokens"].names == ("vocab", "embed")
   assert "lm_head" not in abstract
   untied = llama.abstract_params(dataclasses.replace(TINY, tie_word_embeddings=False))
-  assert untied["lm_head"]["kernel"].names == ("embed", "vocab")
-  assert untied["lm_head"]["kernel"].value.shape == (32, 97)
+  assert untied["lm_head"]["weight"].names == ("vocab", "embed")
+  assert untied["lm_head"]["weight"].value.shape == (97, 32)
   n = sum(x.size for x in jax.tree.leaves(nn.unbox(abstract)))
   assert n == 97 * 32 + 32 + 2 * (2 * 32 + 32 * 4 * 8 * 2 + 32 * 2 * 8 * 2 + 3 * 32 * 64)
 

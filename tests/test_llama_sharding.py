@@ -50,15 +50,15 @@ CHILD = textwrap.dedent("""
         "logits_spec": list(out.sharding.spec),
         "specs": {
             "embed_tokens": list(params["embed_tokens"].sharding.spec),
-            "lm_head": list(params["lm_head"]["kernel"].sharding.spec),
-            "q_proj": list(layer["attn"]["q_proj"]["kernel"].sharding.spec),
-            "k_proj": list(layer["attn"]["k_proj"]["kernel"].sharding.spec),
-            "o_proj": list(layer["attn"]["o_proj"]["kernel"].sharding.spec),
-            "gate_proj": list(layer["mlp"]["gate_proj"]["kernel"].sharding.spec),
-            "down_proj": list(layer["mlp"]["down_proj"]["kernel"].sharding.spec),
+            "lm_head": list(params["lm_head"]["weight"].sharding.spec),
+            "q_proj": list(layer["attn"]["q_proj"]["weight"].sharding.spec),
+            "k_proj": list(layer["attn"]["k_proj"]["weight"].sharding.spec),
+            "o_proj": list(layer["attn"]["o_proj"]["weight"].sharding.spec),
+            "gate_proj": list(layer["mlp"]["gate_proj"]["weight"].sharding.spec),
+            "down_proj": list(layer["mlp"]["down_proj"]["weight"].sharding.spec),
             "input_norm": list(layer["input_norm"]["scale"].sharding.spec),
         },
-        "q_proj_shard_shape": list(layer["attn"]["q_proj"]["kernel"].addressable_shards[0].data.shape),
+        "q_proj_shard_shape": list(layer["attn"]["q_proj"]["weight"].addressable_shards[0].data.shape),
         "generation_equal": plain == sharded,
     }))
 """)
@@ -76,13 +76,13 @@ def test_sharded_forward_and_param_shardings():
   assert report["logits_spec"] == ["data", None, "model"]
   assert report["specs"] == {
       "embed_tokens": ["model", None],
-      "lm_head": [None, "model"],
-      "q_proj": [None, "model", None],
-      "k_proj": [None, "model", None],
-      "o_proj": ["model", None, None],
-      "gate_proj": [None, "model"],
-      "down_proj": ["model", None],
+      "lm_head": ["model", None],
+      "q_proj": ["model", None, None],
+      "k_proj": ["model", None, None],
+      "o_proj": [None, "model", None],
+      "gate_proj": ["model", None],
+      "down_proj": [None, "model"],
       "input_norm": [None],
   }
-  assert report["q_proj_shard_shape"] == [32, 2, 8]  # 8 heads over model=4.
+  assert report["q_proj_shard_shape"] == [2, 8, 32]  # 8 heads over model=4.
   assert report["generation_equal"] is True

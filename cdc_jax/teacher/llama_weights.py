@@ -279,31 +279,32 @@ def params_from_hf(
       raise ValueError(f"{source}: tensor {name!r} has shape {array.shape}, expected {shape}")
     return array
 
-  def proj_in(name: str, heads: int) -> np.ndarray:  # [heads*hd, E] -> [E, heads, hd]
-    return fetch(name, (heads * c.head_dim, c.hidden)).T.reshape(c.hidden, heads, c.head_dim)
+  def proj_out(name: str, heads: int) -> np.ndarray:  # [heads*hd, E] -> [heads, hd, E]
+    return fetch(name, (heads * c.head_dim, c.hidden)).reshape(heads, c.head_dim, c.hidden)
 
+  # Our weights keep HF's [out, in] layout; only head axes are split out.
   params: dict[str, Any] = {
       "embed_tokens": fetch("model.embed_tokens.weight", (c.vocab_size, c.hidden)),
       "final_norm": {"scale": fetch("model.norm.weight", (c.hidden,))},
   }
   if not c.tie_word_embeddings:
-    params["lm_head"] = {"kernel": fetch("lm_head.weight", (c.vocab_size, c.hidden)).T}
+    params["lm_head"] = {"weight": fetch("lm_head.weight", (c.vocab_size, c.hidden))}
   for i in range(c.num_layers):
     p = f"model.layers.{i}."
     params[f"layers_{i}"] = {
         "input_norm": {"scale": fetch(p + "input_layernorm.weight", (c.hidden,))},
         "post_attention_norm": {"scale": fetch(p + "post_attention_layernorm.weight", (c.hidden,))},
         "attn": {
-            "q_proj": {"kernel": proj_in(p + "self_attn.q_proj.weight", c.num_heads)},
-            "k_proj": {"kernel": proj_in(p + "self_attn.k_proj.weight", c.num_kv_heads)},
-            "v_proj": {"kernel": proj_in(p + "self_attn.v_proj.weight", c.num_kv_heads)},
-            "o_proj": {"kernel": fetch(p + "self_attn.o_proj.weight", (c.hidden, c.num_heads * c.head_dim))
-                       .T.reshape(c.num_heads, c.head_dim, c.hidden)},
+            "q_proj": {"weight": proj_out(p + "self_attn.q_proj.weight", c.num_heads)},
+            "k_proj": {"weight": proj_out(p + "self_attn.k_proj.weight", c.num_kv_heads)},
+            "v_proj": {"weight": proj_out(p + "self_attn.v_proj.weight", c.num_kv_heads)},
+            "o_proj": {"weight": fetch(p + "self_attn.o_proj.weight", (c.hidden, c.num_heads * c.head_dim))
+                       .reshape(c.hidden, c.num_heads, c.head_dim)},
         },
         "mlp": {
-            "gate_proj": {"kernel": fetch(p + "mlp.gate_proj.weight", (c.intermediate, c.hidden)).T},
-            "up_proj": {"kernel": fetch(p + "mlp.up_proj.weight", (c.intermediate, c.hidden)).T},
-            "down_proj": {"kernel": fetch(p + "mlp.down_proj.weight", (c.hidden, c.intermediate)).T},
+            "gate_proj": {"weight": fetch(p + "mlp.gate_proj.weight", (c.intermediate, c.hidden))},
+            "up_proj": {"weight": fetch(p + "mlp.up_proj.weight", (c.intermediate, c.hidden))},
+            "down_proj": {"weight": fetch(p + "mlp.down_proj.weight", (c.hidden, c.intermediate))},
         },
     }
   if mesh is None:
