@@ -136,6 +136,22 @@ def test_batched_left_padded_generation_equals_per_prompt(tiny_params):
     assert count == 6 and not stopped
 
 
+def test_shared_prompt_prefix_is_prefilled_once_with_the_same_results(tiny_params):
+  common = list(range(20, 38))  # 18 tokens that begin every prompt.
+  prompts = [common + [5, 9], common + [12], common + [50, 51, 52], common]
+  shared = _generator(tiny_params, stop_ids=())
+  plain = _generator(tiny_params, stop_ids=(), share_prefix=False)
+  # One token of the shortest prompt stays unshared; 17 rounds down to the 16 bucket.
+  assert shared.shared_prefix_length(prompts) == 16
+  assert shared.shared_prefix_length([common + [1], [2] + common]) == 0
+  assert shared.shared_prefix_length([common + [1]]) == 0
+  assert plain.shared_prefix_length(prompts) == 0
+  got = shared.generate_ids(prompts, max_new_tokens=6)
+  assert got == plain.generate_ids(prompts, max_new_tokens=6)
+  for prompt, result in zip(prompts, got):
+    assert result == plain.generate_ids([prompt], max_new_tokens=6)[0]
+
+
 def test_generation_stops_per_row_at_stop_token(tiny_params):
   gen = _generator(tiny_params)
   free = _generator(tiny_params, stop_ids=())

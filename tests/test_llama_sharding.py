@@ -42,6 +42,12 @@ CHILD = textwrap.dedent("""
     plain = generation.Generator(cfg, params_np, Tok()).generate_ids(prompts, max_new_tokens=5)
     sharded = generation.Generator(cfg, params, Tok(), mesh=mesh).generate_ids(
         prompts, max_new_tokens=5)
+    # 18 shared tokens: a 16-token prefix is prefilled once at batch 1.
+    prefixed = [list(range(20, 38)) + p for p in prompts]
+    plain_prefixed = generation.Generator(cfg, params_np, Tok(), share_prefix=False).generate_ids(
+        prefixed, max_new_tokens=5)
+    sharded_prefixed = generation.Generator(cfg, params, Tok(), mesh=mesh).generate_ids(
+        prefixed, max_new_tokens=5)
 
     layer = params["layers_0"]
     print(json.dumps({
@@ -60,6 +66,7 @@ CHILD = textwrap.dedent("""
         },
         "q_proj_shard_shape": list(layer["attn"]["q_proj"]["weight"].addressable_shards[0].data.shape),
         "generation_equal": plain == sharded,
+        "prefix_generation_equal": plain_prefixed == sharded_prefixed,
     }))
 """)
 
@@ -86,3 +93,4 @@ def test_sharded_forward_and_param_shardings():
   }
   assert report["q_proj_shard_shape"] == [2, 8, 32]  # 8 heads over model=4.
   assert report["generation_equal"] is True
+  assert report["prefix_generation_equal"] is True

@@ -1,11 +1,14 @@
 """Batched, jitted decoding with a KV cache: greedy and temperature/top-k sampling.
 
-One XLA program per (batch bucket, prompt bucket, new-token bucket, top_k)
-runs prefill and the whole decode loop (``lax.while_loop``), so there is no
-per-token Python or dispatch overhead. Prompts are left-padded to the prompt
-bucket and the batch is filled with inactive rows up to the batch bucket; the
-loop stops when every row has emitted a stop token or ``max_new_tokens`` is
-reached.
+One XLA program per (batch bucket, shared-prefix bucket, prompt bucket,
+new-token bucket, top_k) runs prefill and the whole decode loop
+(``lax.while_loop``), so there is no per-token Python or dispatch overhead.
+Prompts of a batch usually begin alike (chat template, system prompt,
+instructions): the longest common prefix, rounded down to a prompt bucket, is
+prefilled once and shared by every row. The rest of each prompt is left-padded
+to the prompt bucket and the batch is filled with inactive rows up to the
+batch bucket; the loop stops when every row has emitted a stop token or
+``max_new_tokens`` is reached.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def _pick_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_
 
 def generate_tokens(
     params: Any,
+    prefix_tokens: jax.Array,
     prompt_tokens: jax.Array,
     prompt_mask: jax.Array,
     rng: jax.Array,
@@ -80,8 +84,12 @@ def generate_tokens(
   """Decodes up to ``min(max_new_tokens, num_new)`` tokens for left-padded prompts.
 
   Args:
-    prompt_tokens, prompt_mask: ``[batch, prompt_len]``, left-padded; a row
-      with no True in its mask is inactive (batch padding).
+    prefix_tokens: ``[1, prefix_len]``, tokens that begin every row's prompt
+      (``prefix_len`` may be 0). They are prefilled once, at batch 1, and
+      their keys/values copied to every row.
+    prompt_tokens, prompt_mask: ``[batch, prompt_len]``, the rest of each
+      prompt, left-padded; a row with no True in its mask is inactive (batch
+      padding).
     stop_ids: ``[MAX_STOP_IDS]`` int32, padded with -1 (matches nothing).
   Returns:
     tokens ``[batch, num_new]`` (pad after a row stops), the number of
@@ -89,9 +97,15 @@ def generate_tokens(
   """
   model = llama.Llama(config)
   batch, prompt_len = prompt_tokens.shape
+  prefix_len = prefix_tokens.shape[1]
   prompt_mask = prompt_mask.astype(jnp.bool_)
-  cache = llama.init_cache(config, batch=batch, length=prompt_len + num_new)
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+  cache = llama.init_cache(config, batch=batch, length=prefix_len + prompt_len + num_new)
+  if prefix_len:
+    _, shared = model.apply({"params": params}, prefix_tokens,
+                            cache=llama.init_cache(config, batch=1, length=prefix_len),
+                            last_only=True)
+    cache = llama.fill_prefix(cache, shared)
+  positions = prefix_len + jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
   logits, cache = model.apply(
       {"params": params}, prompt_tokens, positions=positions, attention_mask=prompt_mask,
       cache=cache, last_only=True)
@@ -104,7 +118,8 @@ def generate_tokens(
   stopped = jnp.isin(token, stop) & ~inactive
   out = jnp.full((batch, num_new), pad_id, jnp.int32).at[:, 0].set(token)
   lengths = jnp.where(inactive, 0, 1).astype(jnp.int32)
-  state = (jnp.ones((), jnp.int32), token, prompt_mask.sum(axis=1).astype(jnp.int32), cache, out,
+  state = (jnp.ones((), jnp.int32), token, prefix_len + prompt_mask.sum(axis=1).astype(jnp.int32),
+           cache, out,
            stopped, stopped | inactive, lengths)
 
   def cond(state):
@@ -166,6 +181,7 @@ class Generator:
       prompt_buckets: Sequence[int] = PROMPT_BUCKETS,
       new_token_buckets: Sequence[int] = NEW_TOKEN_BUCKETS,
       stop_ids: Sequence[int] | None = None,
+      share_prefix: bool = True,
       mesh: jax.sharding.Mesh | None = None,
       rules: Sequence[tuple[str, str | None]] = sharding.TEACHER_RULES,
   ):
@@ -188,6 +204,7 @@ class Generator:
       raise ValueError(f"at most {MAX_STOP_IDS} stop ids, got {len(self.stop_ids)}")
     self.mesh = mesh
     self.rules = tuple(rules)
+    self.share_prefix = share_prefix
     self._chat_format: chat.ChatFormat | None = None
 
   @classmethod
@@ -229,6 +246,20 @@ class Generator:
     return generate_program(self.config, num_new=num_new, top_k=top_k,
                             pad_id=self.tokenizer.pad_id, mesh=self.mesh,
                             rules=self.rules if self.mesh is not None else ())
+
+  def shared_prefix_length(self, prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt begins with, rounded down to a prompt bucket (0: none).
+
+    At least one token of each prompt stays unshared: its logits start decoding.
+    """
+    if not self.share_prefix or len(prompts) < 2:
+      return 0
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    common = 0
+    while common < limit and all(p[common] == first[common] for p in prompts[1:]):
+      common += 1
+    return max((b for b in self.prompt_buckets if b <= common), default=0)
 
   def generate(
       self,
@@ -287,18 +318,21 @@ class Generator:
     for c, start in enumerate(range(0, len(order), chunk)):
       rows = order[start:start + chunk]
       batch = _bucket(len(rows), self.batch_buckets, "batch size")
-      plen = _bucket(max(len(prompts[i]) for i in rows), self.prompt_buckets, "prompt length")
+      shared = self.shared_prefix_length([prompts[i] for i in rows])
+      plen = _bucket(max(len(prompts[i]) for i in rows) - shared, self.prompt_buckets,
+                     "prompt length")
+      prefix = np.asarray([prompts[rows[0]][:shared]], np.int32).reshape(1, shared)
       tokens = np.full((batch, plen), self.tokenizer.pad_id, np.int32)
       mask = np.zeros((batch, plen), np.bool_)
       for r, i in enumerate(rows):
-        n = len(prompts[i])
-        tokens[r, plen - n:] = prompts[i]
+        n = len(prompts[i]) - shared
+        tokens[r, plen - n:] = prompts[i][shared:]
         mask[r, plen - n:] = True
       rng = jax.random.fold_in(jax.random.PRNGKey(seed), c)
       with self._context():
         out, lengths, stopped = program(
-            self.params, tokens, mask, rng, jnp.float32(temperature), jnp.int32(max_new_tokens),
-            stop)
+            self.params, prefix, tokens, mask, rng, jnp.float32(temperature),
+            jnp.int32(max_new_tokens), stop)
       out, lengths, stopped = np.asarray(out), np.asarray(lengths), np.asarray(stopped)
       for r, i in enumerate(rows):
         n, fin = int(lengths[r]), bool(stopped[r])

@@ -117,6 +117,24 @@ def init_cache(config: LlamaConfig, *, batch: int, length: int) -> KVCache:
 _CACHE_AXES = ("batch", "kv_heads", "cache_length", "kv")
 
 
+def fill_prefix(cache: KVCache, prefix: KVCache) -> KVCache:
+  """``cache`` with the single row of ``prefix`` copied into every row's first slots.
+
+  For a prompt prefix shared by a whole batch: it is prefilled once at batch 1
+  and each row then continues from slot ``prefix.index``.
+  """
+
+  def put(slots: jax.Array, shared: jax.Array) -> jax.Array:
+    shared = jnp.broadcast_to(shared, slots.shape[:1] + shared.shape[1:]).astype(slots.dtype)
+    return jax.lax.dynamic_update_slice(slots, shared, (0,) * slots.ndim)
+
+  return KVCache(
+      keys=tuple(_constrain(put(c, p), _CACHE_AXES) for c, p in zip(cache.keys, prefix.keys)),
+      values=tuple(_constrain(put(c, p), _CACHE_AXES) for c, p in zip(cache.values, prefix.values)),
+      valid=put(cache.valid, prefix.valid),
+      index=prefix.index)
+
+
 def _constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
   return nn.with_logical_constraint(x, axes)
 
