@@ -239,9 +239,12 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
               f"{len(points)} proportion-sweep points. Accuracies are averaged over seeds; "
               "formulas in docs/incentives.md.", *notes, "## Runs", _runs_section(rows)]
 
+  written: set[str] = set()
+
   def figure(title: str, plot, *args, filename: str) -> None:
     try:
       path = plot(*args, out_dir / filename)
+      written.add(path.name)
       sections.append(f"### {title}\n\n![{title}]({path.name})")
     except figures.MissingRuns as e:
       sections.append(f"### {title}\n\n*Figure skipped: {e}.*")
@@ -296,8 +299,18 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
   if any(a.setting.eps is not None for a in averages):
     sections += ["## Privacy", _privacy_section(averages)]
   path = out_dir / REPORT_FILENAME
+  stale = [name for name in _figures_of(path) if name not in written]
   records.atomic_write_text(path, "\n\n".join(sections) + "\n")
+  for name in stale:  # Figures of an earlier report into this directory that this one lacks.
+    (out_dir / name).unlink(missing_ok=True)
   return path
+
+
+def _figures_of(report_path: Path) -> list[str]:
+  """The PNG files (in its own directory) that an existing report shows; [] if none."""
+  if not report_path.exists():
+    return []
+  return re.findall(r"!\[[^\]]*\]\(([^)/\\]+\.png)\)", report_path.read_text())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -160,3 +160,20 @@ def test_report_rejects_bad_result_file(tmp_path):
   path.write_text(path.read_text().replace('"level": 6', '"level": 9'))
   with pytest.raises(results.ResultError, match=r"result\.json: field 'level': invalid"):
     report.main([str(sweep)])
+
+
+def test_rerun_into_the_same_directory_removes_figures_it_no_longer_draws(tmp_path):
+  rows = synthetic_sweep()
+  out = tmp_path / "out"
+  report.build_report(rows, out)
+  assert (out / "privacy.png").exists() and (out / "shapley.png").exists()
+  (out / "notes.png").write_bytes(b"not the report's")  # Not the report's: left alone.
+  without_private = [r for r in rows if r.eps is None]
+
+  report.build_report(without_private, out)
+
+  assert not (out / "privacy.png").exists()
+  assert sorted(p.name for p in out.glob("*.png")) == sorted(
+      ["levels.png", "coalitions.png", "shapley.png", "notes.png",
+       "proportions_a_b_L6_cot_label.png"])
+  assert "privacy.png" not in (out / "report.md").read_text()
