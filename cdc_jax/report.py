@@ -225,7 +225,9 @@ def _primary_setting(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage
 def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, source: str = "",
                  tolerance: float = 0.0, notes: Sequence[str] = ()) -> Path:
   """Writes ``report.md`` and its figures into ``out_dir``; returns the report's path."""
-  from cdc_jax.coalitions import figures  # matplotlib only when a report is drawn.
+  # matplotlib only when a report is drawn.
+  from cdc_jax.coalitions import figures
+  from cdc_jax.contribution import figures as contribution_figures
 
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +290,9 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
            f"{incentives.coalition_name(members)} ({setting})", figures.plot_proportions, sweep,
            filename=filename)
   figure("Privacy-utility curve", figures.plot_privacy, averages, filename="privacy.png")
+  if contribution_figures.k_points(rows):  # Only key-token sweeps have this axis.
+    figure("Accuracy vs key tokens shared (k)", contribution_figures.plot_accuracy_vs_k, rows,
+           filename=contribution_figures.FILENAME)
 
   sections.append("## Incentives per coalition")
   for setting in sorted(by_setting, key=incentives.setting_sort_key):

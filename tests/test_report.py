@@ -177,3 +177,25 @@ def test_rerun_into_the_same_directory_removes_figures_it_no_longer_draws(tmp_pa
       ["levels.png", "coalitions.png", "shapley.png", "notes.png",
        "proportions_a_b_L6_cot_label.png"])
   assert "privacy.png" not in (out / "report.md").read_text()
+
+
+def test_report_draws_accuracy_vs_k_for_key_token_runs(tmp_path):
+  rows = [r for r in synthetic_sweep() if r.eps is None and r.proportions is None]
+  for k, share in ((1, 0.1), (4, 0.2), (16, 0.3)):
+    for members in (("a",), ("a", "b")):
+      rows.append(_row(members, 6, "key_tokens", 0,
+                       {c: a - 0.3 + share for c, a in ACC[members].items()},
+                       selection=f"key_tokens:k={k}"))
+  out = tmp_path / "out"
+
+  report.build_report(rows, out)
+
+  text = (out / "report.md").read_text()
+  assert "### Accuracy vs key tokens shared (k)\n\n![Accuracy vs key tokens shared (k)]" \
+      "(key_tokens_k.png)" in text
+  width, height = _png_size(out / "key_tokens_k.png")
+  assert width >= 400 and height >= 300
+  # Without key-token runs the section is absent, not skipped.
+  report.build_report([r for r in rows if r.format != "key_tokens"], out)
+  assert "key tokens shared" not in (out / "report.md").read_text()
+  assert not (out / "key_tokens_k.png").exists()
