@@ -161,7 +161,8 @@ def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
 def rope_tables(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
   """cos and sin ``[batch, length, 1, head_dim]`` (float32) for ``positions [batch, length]``.
 
-  Computed once per forward pass and shared by every layer.
+  Built once per forward pass and passed to every layer (XLA may still fuse
+  the cheap cos/sin into each layer's consumers).
   """
   freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
   emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
