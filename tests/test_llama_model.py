@@ -199,6 +199,25 @@ def test_top_k_restricts_samples():
   assert set(picks.tolist()) == {1}
 
 
+
+def test_greedy_tokens_is_argmax_with_first_index_on_ties():
+  logits = jnp.array([[0.0, 3.0, 3.0, -1.0], [-5.0, -7.0, -5.0, -6.0], [1.0, 1.0, 1.0, 1.0],
+                      [-jnp.inf, 2.0, jnp.inf, 0.0]])
+  assert np.asarray(generation.greedy_tokens(logits)).tolist() == [1, 0, 0, 2]
+  random = jax.random.normal(jax.random.PRNGKey(3), (5, 97))
+  np.testing.assert_array_equal(generation.greedy_tokens(random), jnp.argmax(random, axis=-1))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_write_cache_writes_the_update_bit_exactly(dtype):
+  cache = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8, 4)).astype(dtype)
+  update = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 1, 4)).astype(dtype)
+  out = jax.jit(llama.write_cache)(cache, update, (0, 0, jnp.int32(5), 0))
+  assert out.dtype == dtype
+  expected = np.asarray(cache.astype(jnp.float32)).copy()
+  expected[:, :, 5:6] = np.asarray(update.astype(jnp.float32))
+  np.testing.assert_array_equal(np.asarray(out.astype(jnp.float32)), expected)
+
 def test_generate_rejects_bad_requests(tiny_params):
   gen = _generator(tiny_params)
   with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):

@@ -62,8 +62,19 @@ def _pick_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_
     return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
 
   # A cond, not a select: sampling noise over the vocabulary is not free on CPU.
-  return jax.lax.cond(temperature > 0, sample,
-                      lambda _: jnp.argmax(logits, axis=-1).astype(jnp.int32), None)
+  return jax.lax.cond(temperature > 0, sample, lambda _: greedy_tokens(logits), None)
+
+
+def greedy_tokens(logits: jax.Array) -> jax.Array:
+  """``argmax`` over the last axis (first index on ties), as two plain reductions.
+
+  XLA:CPU runs argmax as one variadic (value, index) reduction that does not
+  vectorise: ~2.5 ms for [32, 49152] logits, 4% of a SmolLM2 decode step. A max
+  and a min over matching indices take a fraction of that.
+  """
+  best = jnp.max(logits, axis=-1, keepdims=True)
+  index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  return jnp.min(jnp.where(logits == best, index, logits.shape[-1]), axis=-1)
 
 
 def generate_tokens(
