@@ -16,7 +16,7 @@ setuptools.setup(
     # are the direct dependencies for a plain `pip install`.
     install_requires=[
         "jax", "flax", "optax", "orbax-checkpoint", "seqio", "tensorflow-datasets",
-        "tensorflow-cpu", "gin-config", "sentencepiece", "safetensors", "gguf",
+        "tensorflow-cpu", "gin-config", "sentencepiece", "safetensors", "gguf", "ml_dtypes",
         "matplotlib", "pyglove", "clu",
     ],
     extras_require={"test": ["pytest", "pytest-xdist", "torch", "transformers"]},

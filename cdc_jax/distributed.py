@@ -31,3 +31,30 @@ def initialize(*, coordinator_address: str | None = None, num_processes: int | N
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+class ProcessGroup:
+  """The processes of one multi-host JAX system acting as one worker.
+
+  Process 0 (the lead) owns side effects such as writing files; it shares
+  decisions with the others so every process runs the same collective
+  programs in the same order.
+  """
+
+  def __init__(self) -> None:
+    self.index = jax.process_index()
+    self.count = jax.process_count()
+
+  @property
+  def is_lead(self) -> bool:
+    """True on process 0."""
+    return self.index == 0
+
+  def share(self, values: list[int], *, length: int) -> list[int]:
+    """The lead's ``values`` (``length`` ints; other processes pass anything) on every process."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+    padded = np.zeros(length, np.int64)
+    if self.is_lead:
+      padded[:] = values
+    return [int(v) for v in multihost_utils.broadcast_one_to_all(padded)]

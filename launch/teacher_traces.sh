@@ -16,11 +16,18 @@
 # A killed or preempted task is simply re-run: the launcher resumes from its last
 # committed chunk. Re-running this script after a crash resumes every shard.
 #
+# A large teacher shards over a (data, model) mesh of one node's GPUs, e.g. LLaMA-3-70B
+# from a local HF directory on 8 GPUs, one shard index per node:
+#   SHARD_INDEX=0 launch/teacher_traces.sh IN OUT 4 --backend=jax \
+#     --safetensors=/models/Meta-Llama-3-70B-Instruct --dtype=bfloat16 --mesh_shape=1,8
+# Over several nodes, every node of a shard runs the same command plus
+# --coordinator_address=NODE0:PORT --num_processes=N --process_id=I; process 0 writes.
+#
 # Environment: PYTHON (default: python), SHARD_INDEX (cluster mode).
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
-  sed -n '2,20p' "$0" >&2
+  sed -n '2,26p' "$0" >&2
   exit 2
 fi
 INPUT=$1

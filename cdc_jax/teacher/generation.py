@@ -157,13 +157,26 @@ def generate_program(config: llama.LlamaConfig, *, num_new: int, top_k: int, pad
                      mesh: jax.sharding.Mesh | None = None, rules: tuple[Any, ...] = ()) -> Any:
   """The jitted ``generate_tokens`` for one new-token bucket and top_k, shared by Generators.
 
-  jax.jit then compiles it once per (batch, prompt length) bucket. ``mesh`` and
-  ``rules`` only key the cache: the caller traces under that mesh and those
-  logical rules, which jit's own cache does not see.
+  jax.jit then compiles it once per (batch, prompt length) bucket. With
+  ``mesh`` the outputs are replicated over it. ``mesh`` and ``rules`` also key
+  the cache: the caller traces under that mesh and those logical rules, which
+  jit's own cache does not see.
   """
-  del mesh, rules
-  return jax.jit(functools.partial(
-      generate_tokens, config=config, num_new=num_new, top_k=top_k, pad_id=pad_id))
+  del rules
+  fn = functools.partial(generate_tokens, config=config, num_new=num_new, top_k=top_k,
+                         pad_id=pad_id)
+  if mesh is None:
+    return jax.jit(fn)
+  # Replicated outputs (a few small int arrays): every process of a multi-host
+  # mesh can read the whole result.
+  return jax.jit(fn, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def _local_value(array: jax.Array) -> np.ndarray:
+  """A (replicated, possibly multi-host) array as numpy, from this process's copy."""
+  if array.is_fully_addressable:
+    return np.asarray(array)
+  return np.asarray(array.addressable_data(0))
 
 
 def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
@@ -253,6 +266,19 @@ class Generator:
       stack.enter_context(nn.logical_axis_rules(self.rules))
     return stack
 
+  def _on_mesh(self, value: np.ndarray) -> Any:
+    """``value`` replicated over the mesh (as-is without one).
+
+    On a multi-host mesh a jitted program takes global arrays only; each process
+    holds the same host value (same prompts, same seed) and supplies its copy.
+    """
+    if self.mesh is None:
+      return value
+    value = np.asarray(value)
+    return jax.make_array_from_callback(
+        value.shape, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()),
+        lambda index: value[index])
+
   def _program(self, num_new: int, top_k: int) -> Any:
     return generate_program(self.config, num_new=num_new, top_k=top_k,
                             pad_id=self.tokenizer.pad_id, mesh=self.mesh,
@@ -339,12 +365,11 @@ class Generator:
         n = len(prompts[i]) - shared
         tokens[r, plen - n:] = prompts[i][shared:]
         mask[r, plen - n:] = True
-      rng = jax.random.fold_in(jax.random.PRNGKey(seed), c)
+      rng = np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), c))
+      inputs = (prefix, tokens, mask, rng, np.float32(temperature), np.int32(max_new_tokens), stop)
       with self._context():
-        out, lengths, stopped = program(
-            self.params, prefix, tokens, mask, rng, jnp.float32(temperature),
-            jnp.int32(max_new_tokens), stop)
-      out, lengths, stopped = np.asarray(out), np.asarray(lengths), np.asarray(stopped)
+        out, lengths, stopped = program(self.params, *map(self._on_mesh, inputs))
+      out, lengths, stopped = map(_local_value, (out, lengths, stopped))
       for r, i in enumerate(rows):
         n, fin = int(lengths[r]), bool(stopped[r])
         results[i] = (out[r, :n - 1 if fin else n].tolist(), n, fin)

@@ -34,7 +34,7 @@ from cdc_jax import progress as progress_lib
 from cdc_jax.data import records as records_lib
 from cdc_jax.data.importers.assembly import strip_answer_sentence
 from cdc_jax.teacher import backends as backends_lib
-from cdc_jax.teacher import prompts
+from cdc_jax.teacher import jax_setup, prompts
 from cdc_jax.teacher import shards
 
 # --------------------------------------------------------------- input ----
@@ -246,13 +246,19 @@ def run_shard(questions: Questions, backend: backends_lib.Backend, *, out_dir: s
               shard_index: int = 0, num_shards: int = 1, chunk_size: int = 16,
               settings: TraceSettings = TraceSettings(), community: str | None = None,
               die_after_chunks: int | None = None, die_in_write_of_chunk: int | None = None,
-              progress_interval: float = 5.0) -> ShardResult:
+              progress_interval: float = 5.0, group: Any = None) -> ShardResult:
   """Traces one shard, resuming whatever a previous run committed.
 
   ``die_after_chunks`` (SIGKILL after that many chunks committed by this run)
   and ``die_in_write_of_chunk`` (SIGKILL halfway through writing that chunk)
-  inject faults for tests.
+  inject faults for tests. ``group`` (a ``distributed.ProcessGroup``): the
+  processes of a multi-host teacher run this together; the lead reads and
+  writes the shard files and tells the others which chunks are left.
   """
+  if group is not None and group.count > 1 and not group.is_lead:
+    return _follow_shard(questions, backend, shard_index=shard_index, num_shards=num_shards,
+                         chunk_size=chunk_size, settings=settings, community=community,
+                         group=group)
   community = names.validate_name(community or questions.community)
   items = shards.select_shard(questions.records, shard_index, num_shards)
   pieces = shards.chunks(items, chunk_size)
@@ -266,11 +272,14 @@ def run_shard(questions: Questions, backend: backends_lib.Backend, *, out_dir: s
   }
   writer = shards.ShardWriter(out_dir, shard_index=shard_index, num_shards=num_shards,
                               run_config=run_config)
+  shared = group is not None and group.count > 1
   if writer.is_complete():
     writer.check_complete()
     writer.cleanup_after_complete()
     meta = shards.read_meta(out_dir, shard_index, num_shards)
     print(f"{stem}: already complete ({meta['records']} records)", file=sys.stderr)
+    if shared:
+      group.share([1] * len(pieces), length=len(pieces))
     return ShardResult(writer.final_path, meta["records"], len(meta["failures"]), 0, 0)
   writer.open()
   done = writer.done_chunks()
@@ -280,6 +289,8 @@ def run_shard(questions: Questions, backend: backends_lib.Backend, *, out_dir: s
     if got != sorted(expected):
       raise ValueError(f"{writer.parts_dir}: chunk {index} holds other questions than the "
                        "input's; the input changed since it was written")
+  if shared:
+    group.share([int(i in done) for i in range(len(pieces))], length=len(pieces))
   resumed = len(done)
   bar = progress_lib.Progress(len(items), label=stem, unit="q", interval=progress_interval,
                               start=sum(len(pieces[i]) for i in done))
@@ -302,6 +313,27 @@ def run_shard(questions: Questions, backend: backends_lib.Backend, *, out_dir: s
   print(f"{stem}: {meta['records']} records, {len(meta['failures'])} failures "
         f"({run} chunks run, {resumed} resumed) -> {writer.final_path}", file=sys.stderr)
   return ShardResult(writer.final_path, meta["records"], len(meta["failures"]), run, resumed)
+
+
+def _follow_shard(questions: Questions, backend: backends_lib.Backend, *, shard_index: int,
+                  num_shards: int, chunk_size: int, settings: TraceSettings,
+                  community: str | None, group: Any) -> ShardResult:
+  """A non-lead process of a multi-host teacher: the lead's chunks, nothing written."""
+  community = names.validate_name(community or questions.community)
+  pieces = shards.chunks(shards.select_shard(questions.records, shard_index, num_shards),
+                         chunk_size)
+  stem = shards.shard_stem(shard_index, num_shards)
+  done = group.share([], length=len(pieces))
+  records = failures = run = 0
+  for index, piece in enumerate(pieces):
+    if done[index]:
+      continue
+    chunk = trace_chunk(piece, backend, settings=settings, community=community,
+                        chunk_index=index, shard_stem=stem)
+    records, failures, run = records + len(chunk.records), failures + len(chunk.failures), run + 1
+  print(f"{stem}: process {group.index} of {group.count} ran {run} chunks with the lead "
+        "(process 0 writes them)", file=sys.stderr)
+  return ShardResult(Path(), records, failures, run, sum(done))
 
 
 # ----------------------------------------------------------------- CLI ----
@@ -352,14 +384,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="after this shard: if every shard is done and verifies, write the "
                            "traces as a community directory here")
   parser.add_argument("--progress_interval", type=float, default=5.0, help="seconds")
-  jax_flags = parser.add_argument_group("jax backend")
-  jax_flags.add_argument("--gguf", default=None,
-                         help="llama GGUF file (default: SmolLM2-135M-Instruct)")
-  jax_flags.add_argument("--max_seq_len", type=int, default=2048)
-  jax_flags.add_argument("--random_tiny", action="store_true",
-                         help="a tiny random-weight model instead (smoke tests; output is noise)")
-  jax_flags.add_argument("--jax_cache_dir", default=None,
-                         help="persistent compilation cache shared by shards and resumed runs")
+  jax_setup.add_jax_flags(parser.add_argument_group("jax backend"))
   api = parser.add_argument_group("openai backend")
   api.add_argument("--base_url", default="http://127.0.0.1:8000/v1")
   api.add_argument("--model", default=None, help="default: the first model the server lists")
@@ -382,11 +407,7 @@ def make_backend(args: argparse.Namespace, questions: Questions) -> backends_lib
   if args.backend == "oracle":
     return backends_lib.OracleBackend(questions.records)
   if args.backend == "jax":
-    if args.jax_cache_dir:
-      backends_lib.enable_compilation_cache(args.jax_cache_dir)
-    if args.random_tiny:
-      return backends_lib.JaxBackend.random_tiny(seed=args.seed)
-    return backends_lib.JaxBackend.from_gguf(args.gguf, max_seq_len=args.max_seq_len)
+    return jax_setup.backend_from_flags(args, seed=args.seed)
   retry = backends_lib.RetryPolicy(max_retries=args.max_retries, backoff_base_s=args.backoff_base_s,
                                    backoff_max_s=args.backoff_max_s, timeout_s=args.timeout_s)
   client = backends_lib.OpenAIClient(args.base_url, api_key=os.environ.get(args.api_key_env),
@@ -405,12 +426,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = TraceSettings(levels=args.levels, max_new_tokens=args.max_new_tokens,
                              summary_max_new_tokens=args.summary_max_new_tokens,
                              temperature=args.temperature, seed=args.seed)
+    group = None
+    if args.backend == "jax":
+      from cdc_jax import distributed  # Deferred: imports jax.
+      group = distributed.ProcessGroup()
     run_shard(questions, backend, out_dir=args.out, shard_index=args.shard_index,
               num_shards=args.num_shards, chunk_size=args.chunk_size, settings=settings,
               community=args.community, die_after_chunks=args.die_after_chunks,
               die_in_write_of_chunk=args.die_in_write_of_chunk,
-              progress_interval=args.progress_interval)
-    if args.write_community:
+              progress_interval=args.progress_interval, group=group)
+    if args.write_community and (group is None or group.is_lead):
       report = verify.verify_output(args.out, questions, num_shards=args.num_shards)
       if report.missing:
         print(f"not writing {args.write_community} yet: shards {report.missing} are not done",

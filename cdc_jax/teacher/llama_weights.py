@@ -14,10 +14,12 @@ import importlib.util
 import json
 import os
 import pathlib
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import ml_dtypes
 import numpy as np
 
 from cdc_jax.teacher import llama
@@ -225,6 +227,47 @@ def _safetensors_files(directory: pathlib.Path) -> list[pathlib.Path]:
   return files
 
 
+# safetensors dtype codes -> numpy dtypes (bfloat16 from ml_dtypes, which jax ships).
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+                       "BF16": ml_dtypes.bfloat16}
+
+
+def read_safetensors(file: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+  """The tensors of one ``.safetensors`` file as read-only memory-mapped arrays.
+
+  Nothing is read until a tensor (or a slice of one) is used, so a sharded
+  load touches only the slices its devices hold. bfloat16 tensors, which
+  safetensors' own numpy reader rejects, come back as ``ml_dtypes.bfloat16``.
+  """
+  file = pathlib.Path(file)
+  with open(file, "rb") as f:
+    head = f.read(8)
+    if len(head) < 8:
+      raise ValueError(f"{file}: not a safetensors file (shorter than its 8-byte header size)")
+    (size,) = struct.unpack("<Q", head)
+    try:
+      header = json.loads(f.read(size))
+    except ValueError as e:
+      raise ValueError(f"{file}: unreadable safetensors header: {e}") from None
+  data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + size) if header.keys() - {
+      "__metadata__"} else np.zeros(0, np.uint8)
+  tensors = {}
+  for name, entry in header.items():
+    if name == "__metadata__":
+      continue
+    if entry.get("dtype") not in _SAFETENSORS_DTYPES:
+      raise ValueError(f"{file}: tensor {name!r} has dtype {entry.get('dtype')!r}; supported: "
+                       f"{sorted(_SAFETENSORS_DTYPES)}")
+    dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+    shape = tuple(entry["shape"])
+    start, end = entry["data_offsets"]
+    if end - start != dtype.itemsize * int(np.prod(shape)) or end > data.size:
+      raise ValueError(f"{file}: tensor {name!r}: data_offsets {entry['data_offsets']} do not "
+                       f"fit shape {list(shape)} of {entry['dtype']} in {data.size} data bytes")
+    tensors[name] = data[start:end].view(dtype).reshape(shape)
+  return tensors
+
+
 def load_safetensors(
     directory: str | os.PathLike[str],
     *,
@@ -232,25 +275,25 @@ def load_safetensors(
     max_seq_len: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[llama.LlamaConfig, dict[str, Any]]:
-  """Config and Flax params from a HF Llama dir (config.json + model*.safetensors)."""
-  from safetensors import safe_open  # Deferred: only HF-dir users pay for it.
+  """Config and Flax params from a HF Llama dir (config.json + model*.safetensors).
+
+  Tensors are memory-mapped and placed one at a time, each device reading only
+  its own slice, so host memory stays near one tensor even for a 70B teacher.
+  """
   directory = pathlib.Path(directory)
   config_path = directory / "config.json"
   if not config_path.is_file():
     raise FileNotFoundError(f"{config_path} not found")
   config = config_from_hf(json.loads(config_path.read_text()), dtype=dtype,
                           max_seq_len=max_seq_len, source=str(config_path))
-  handles = {}
+  tensors: dict[str, np.ndarray] = {}
   for file in _safetensors_files(directory):
-    handle = safe_open(str(file), framework="numpy")
-    for key in handle.keys():
-      handles[key] = handle
+    tensors.update(read_safetensors(file))
 
   def get(name: str) -> np.ndarray:
-    if name not in handles:
+    if name not in tensors:
       raise KeyError(f"{directory}: tensor {name!r} not found in the safetensors files")
-    array = handles[name].get_tensor(name)
-    return np.asarray(array, np.float32)
+    return tensors[name]
 
   return config, params_from_hf(get, config, mesh=mesh, source=str(directory))
 
@@ -272,44 +315,64 @@ def params_from_hf(
   """
   c = config
   dtype = c.jnp_dtype
+  if mesh is not None:
+    from cdc_jax.teacher import sharding  # Deferred: only sharded loads need flax partitioning.
+    shardings = sharding.param_shardings(llama.abstract_params(config), mesh)
 
-  def fetch(name: str, shape: tuple[int, ...]) -> np.ndarray:
+  def place(array: np.ndarray, path: tuple[str, ...]) -> jax.Array:
+    """On device(s) now, so at most one tensor at a time is converted on the host."""
+    if mesh is None:
+      return jax.device_put(np.ascontiguousarray(array, dtype=dtype))
+    target = shardings
+    for key in path:
+      target = target[key]
+    # Each device's slice is read and converted on its own (memory-mapped input).
+    return jax.make_array_from_callback(
+        array.shape, target, lambda index: np.ascontiguousarray(array[index], dtype=dtype))
+
+  def fetch(name: str, shape: tuple[int, ...], *path: str) -> jax.Array:
     array = get(name)
     if array.shape != shape:
       raise ValueError(f"{source}: tensor {name!r} has shape {array.shape}, expected {shape}")
-    return array
+    return place(array, path)
 
-  def proj_out(name: str, heads: int) -> np.ndarray:  # [heads*hd, E] -> [heads, hd, E]
-    return fetch(name, (heads * c.head_dim, c.hidden)).reshape(heads, c.head_dim, c.hidden)
+  def proj(name: str, out: tuple[int, ...], inp: tuple[int, ...], *path: str) -> jax.Array:
+    """``[prod(out), prod(in)]`` stored as ``out + in`` (head axes split out)."""
+    array = get(name)
+    flat = (int(np.prod(out)), int(np.prod(inp)))
+    if array.shape != flat:
+      raise ValueError(f"{source}: tensor {name!r} has shape {array.shape}, expected {flat}")
+    return place(array.reshape(out + inp), path)
 
   # Our weights keep HF's [out, in] layout; only head axes are split out.
   params: dict[str, Any] = {
-      "embed_tokens": fetch("model.embed_tokens.weight", (c.vocab_size, c.hidden)),
-      "final_norm": {"scale": fetch("model.norm.weight", (c.hidden,))},
+      "embed_tokens": fetch("model.embed_tokens.weight", (c.vocab_size, c.hidden), "embed_tokens"),
+      "final_norm": {"scale": fetch("model.norm.weight", (c.hidden,), "final_norm", "scale")},
   }
   if not c.tie_word_embeddings:
-    params["lm_head"] = {"weight": fetch("lm_head.weight", (c.vocab_size, c.hidden))}
+    params["lm_head"] = {"weight": fetch("lm_head.weight", (c.vocab_size, c.hidden),
+                                         "lm_head", "weight")}
+  e, hd = c.hidden, c.head_dim
   for i in range(c.num_layers):
-    p = f"model.layers.{i}."
-    params[f"layers_{i}"] = {
-        "input_norm": {"scale": fetch(p + "input_layernorm.weight", (c.hidden,))},
-        "post_attention_norm": {"scale": fetch(p + "post_attention_layernorm.weight", (c.hidden,))},
+    p, layer = f"model.layers.{i}.", f"layers_{i}"
+    params[layer] = {
+        "input_norm": {"scale": fetch(p + "input_layernorm.weight", (e,), layer, "input_norm",
+                                      "scale")},
+        "post_attention_norm": {"scale": fetch(p + "post_attention_layernorm.weight", (e,), layer,
+                                               "post_attention_norm", "scale")},
         "attn": {
-            "q_proj": {"weight": proj_out(p + "self_attn.q_proj.weight", c.num_heads)},
-            "k_proj": {"weight": proj_out(p + "self_attn.k_proj.weight", c.num_kv_heads)},
-            "v_proj": {"weight": proj_out(p + "self_attn.v_proj.weight", c.num_kv_heads)},
-            "o_proj": {"weight": fetch(p + "self_attn.o_proj.weight", (c.hidden, c.num_heads * c.head_dim))
-                       .reshape(c.hidden, c.num_heads, c.head_dim)},
+            name: {"weight": proj(p + f"self_attn.{name}.weight", out, inp, layer, "attn", name,
+                                  "weight")}
+            for name, out, inp in (("q_proj", (c.num_heads, hd), (e,)),
+                                   ("k_proj", (c.num_kv_heads, hd), (e,)),
+                                   ("v_proj", (c.num_kv_heads, hd), (e,)),
+                                   ("o_proj", (e,), (c.num_heads, hd)))
         },
         "mlp": {
-            "gate_proj": {"weight": fetch(p + "mlp.gate_proj.weight", (c.intermediate, c.hidden))},
-            "up_proj": {"weight": fetch(p + "mlp.up_proj.weight", (c.intermediate, c.hidden))},
-            "down_proj": {"weight": fetch(p + "mlp.down_proj.weight", (c.hidden, c.intermediate))},
+            name: {"weight": proj(p + f"mlp.{name}.weight", out, inp, layer, "mlp", name, "weight")}
+            for name, out, inp in (("gate_proj", (c.intermediate,), (e,)),
+                                   ("up_proj", (c.intermediate,), (e,)),
+                                   ("down_proj", (e,), (c.intermediate,)))
         },
     }
-  if mesh is None:
-    return jax.tree.map(lambda a: jax.device_put(np.ascontiguousarray(a).astype(dtype)), params)
-  from cdc_jax.teacher import sharding  # Deferred: only sharded loads need flax partitioning.
-  shardings = sharding.param_shardings(llama.abstract_params(config), mesh)
-  return jax.tree.map(
-      lambda a, s: jax.device_put(np.ascontiguousarray(a).astype(dtype), s), params, shardings)
+  return params

@@ -28,6 +28,7 @@ import uuid
 from typing import Any, Sequence
 
 from cdc_jax.teacher import backends as backends_lib
+from cdc_jax.teacher import jax_setup
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -213,13 +214,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--port", type=int, required=True, help="0: any free port")
   parser.add_argument("--host", default="127.0.0.1")
-  parser.add_argument("--gguf", default=None,
-                      help="llama GGUF file (default: SmolLM2-135M-Instruct)")
-  parser.add_argument("--max_seq_len", type=int, default=2048)
-  parser.add_argument("--random_tiny", action="store_true",
-                      help="serve a tiny random-weight model (tests; output is noise)")
-  parser.add_argument("--jax_cache_dir", default=None,
-                      help="persistent compilation cache (a restarted server skips compiling)")
+  jax_setup.add_jax_flags(parser)
   parser.add_argument("--max_batch", type=int, default=16)
   parser.add_argument("--verbose", action="store_true", help="log every request")
   parser.add_argument("--die_after_requests", type=int, default=None,
@@ -230,10 +225,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
   """Loads the model, binds the port, prints where it serves and serves until killed."""
   args = parse_args(argv)
-  if args.jax_cache_dir:
-    backends_lib.enable_compilation_cache(args.jax_cache_dir)
-  backend = (backends_lib.JaxBackend.random_tiny() if args.random_tiny
-             else backends_lib.JaxBackend.from_gguf(args.gguf, max_seq_len=args.max_seq_len))
+  if args.coordinator_address or args.num_processes:
+    # Requests arrive at one process; a multi-host teacher needs every process
+    # to run each batch. Use the launcher (all processes in lock-step) for that.
+    raise SystemExit("error: the server runs on one host (--mesh_shape over its devices); "
+                     "multi-host teachers run through python -m cdc_jax.teacher.launch")
+  backend = jax_setup.backend_from_flags(args)
   server = Server((args.host, args.port), backend=backend, max_batch=args.max_batch,
                   die_after_requests=args.die_after_requests, verbose=args.verbose)
   host, port = server.server_address[:2]

