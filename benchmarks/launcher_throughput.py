@@ -1,8 +1,9 @@
 """End-to-end teacher launcher throughput (questions/minute) with the JAX SmolLM2 backend.
 
 Run from the repo root:
-  PYTHONPATH=. python benchmarks/launcher_throughput.py [--n 16] [--shards 1,2] \
-      [--max-new-tokens 64] [--summary-max-new-tokens 32] [--levels 1,2,3,4,5,6]
+  PYTHONPATH=. python benchmarks/launcher_throughput.py [--n 200] [--shards 1,2] \
+      [--max-new-tokens 64] [--summary-max-new-tokens 32] [--levels 1,2,3,4,5,6] \
+      [--dtype bfloat16] [--chunk-size 32] [--phases cold,warm]
 
 Takes the first ``--n`` StrategyQA train questions (``../shared/data/strategyqa``
 through the StrategyQA importer), then for each shard count runs that many
@@ -42,6 +43,9 @@ def main() -> None:
   parser.add_argument("--levels", default="1,2,3,4,5,6")
   parser.add_argument("--chunk-size", type=int, default=8)
   parser.add_argument("--gguf", default=None)
+  parser.add_argument("--dtype", default="float32", help="the launcher's --dtype")
+  parser.add_argument("--phases", default="cold,warm",
+                      help="cold (fresh compilation cache), warm (the same command again)")
   args = parser.parse_args()
 
   sys.path.insert(0, str(REPO))
@@ -53,7 +57,7 @@ def main() -> None:
   work = Path(tempfile.mkdtemp(prefix="launcher_throughput_"))
   inp = work / "questions.jsonl"
   records_lib.write_records(inp, questions)
-  print(f"{len(questions)} StrategyQA questions, levels {args.levels}, max_new_tokens "
+  print(f"{len(questions)} StrategyQA questions, {args.dtype}, levels {args.levels}, max_new_tokens "
         f"{args.max_new_tokens} (CoT) / {args.summary_max_new_tokens} (summaries), chunk size "
         f"{args.chunk_size}; {os.cpu_count()} CPUs; work dir {work}", flush=True)
   env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -61,13 +65,13 @@ def main() -> None:
     # Cold: the shards compile their programs (into a fresh cache); warm: a re-run
     # that loads them from the cache, as later shards or resumed runs of a job do.
     cache = work / f"jax_cache_{num_shards}"
-    for phase in ("cold", "warm"):
+    for phase in args.phases.split(","):
       out = work / f"out_{num_shards}_{phase}"
       cmd = [sys.executable, "-m", "cdc_jax.teacher.launch", "--input", str(inp), "--out",
              str(out), "--backend", "jax", "--num_shards", str(num_shards), "--levels", args.levels,
              "--chunk_size", str(args.chunk_size), "--max_new_tokens", str(args.max_new_tokens),
              "--summary_max_new_tokens", str(args.summary_max_new_tokens),
-             "--jax_cache_dir", str(cache), "--progress_interval", "30"]
+             "--jax_cache_dir", str(cache), "--progress_interval", "30", "--dtype", args.dtype]
       cmd += ["--gguf", args.gguf] if args.gguf else []
       start = time.perf_counter()
       procs = [subprocess.Popen(cmd + ["--shard_index", str(i)], env=env,

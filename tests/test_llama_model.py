@@ -172,6 +172,22 @@ def test_generation_stops_per_row_at_stop_token(tiny_params):
   assert stopped_rows >= 1
 
 
+def test_per_prompt_limits_in_one_batch_equal_separate_calls(tiny_params):
+  gen = _generator(tiny_params)
+  free = _generator(tiny_params, stop_ids=())
+  prompts = [[5, 9, 11], [12, 13], [20], [30, 31, 32, 33]]
+  limits = [3, 20, 1, 9]  # One batch, decoded in the 32-token bucket.
+  mixed = gen.generate_ids(prompts, max_new_tokens=limits)
+  assert mixed == [gen.generate_ids([p], max_new_tokens=n)[0] for p, n in zip(prompts, limits)]
+  cut = free.generate_ids(prompts, max_new_tokens=limits)
+  longest = free.generate_ids(prompts, max_new_tokens=20)
+  for (ids, count, stopped), (full, _, _), n in zip(cut, longest, limits):
+    assert (ids, count, stopped) == (full[:n], n, False)
+  with pytest.raises(ValueError, match=r"2 max_new_tokens for 4 prompts"):
+    gen.generate_ids(prompts, max_new_tokens=[1, 2])
+  with pytest.raises(ValueError, match=r"max_new_tokens must be >= 1, got 0 for prompts\[1\]"):
+    gen.generate_ids(prompts[:2], max_new_tokens=[4, 0])
+
 def test_more_prompts_than_largest_batch_bucket(tiny_params):
   gen = _generator(tiny_params, stop_ids=(), batch_buckets=(1, 4))
   prompts = [[i + 4] * (1 + i % 3) for i in range(6)]  # Chunks of 4 and 2 (padded to 4).

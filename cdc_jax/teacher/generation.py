@@ -8,7 +8,7 @@ instructions): the longest common prefix, rounded down to a prompt bucket, is
 prefilled once and shared by every row. The rest of each prompt is left-padded
 to the prompt bucket and the batch is filled with inactive rows up to the
 batch bucket; the loop stops when every row has emitted a stop token or
-``max_new_tokens`` is reached.
+reached its own ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def generate_tokens(
     top_k: int,
     pad_id: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Decodes up to ``min(max_new_tokens, num_new)`` tokens for left-padded prompts.
+  """Decodes up to ``min(max_new_tokens[row], num_new)`` tokens for left-padded prompts.
 
   Args:
     prefix_tokens: ``[1, prefix_len]``, tokens that begin every row's prompt
@@ -101,6 +101,7 @@ def generate_tokens(
     prompt_tokens, prompt_mask: ``[batch, prompt_len]``, the rest of each
       prompt, left-padded; a row with no True in its mask is inactive (batch
       padding).
+    max_new_tokens: ``[batch]`` int32, each row's own limit.
     stop_ids: ``[MAX_STOP_IDS]`` int32, padded with -1 (matches nothing).
   Returns:
     tokens ``[batch, num_new]`` (pad after a row stops), the number of
@@ -121,7 +122,7 @@ def generate_tokens(
       {"params": params}, prompt_tokens, positions=positions, attention_mask=prompt_mask,
       cache=cache, last_only=True)
   stop = stop_ids.astype(jnp.int32)
-  limit = jnp.minimum(max_new_tokens, num_new)
+  limits = jnp.minimum(max_new_tokens.astype(jnp.int32), num_new)
 
   token = _pick_tokens(logits[:, 0], jax.random.fold_in(rng, 0), temperature, top_k)
   inactive = ~prompt_mask.any(axis=1)
@@ -131,11 +132,11 @@ def generate_tokens(
   lengths = jnp.where(inactive, 0, 1).astype(jnp.int32)
   state = (jnp.ones((), jnp.int32), token, prefix_len + prompt_mask.sum(axis=1).astype(jnp.int32),
            cache, out,
-           stopped, stopped | inactive, lengths)
+           stopped, stopped | inactive | (lengths >= limits), lengths)
 
   def cond(state):
     step, *_, done, _ = state
-    return (step < limit) & ~jnp.all(done)
+    return (step < num_new) & ~jnp.all(done)
 
   def body(state):
     step, token, pos, cache, out, stopped, done, lengths = state
@@ -146,7 +147,8 @@ def generate_tokens(
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
     lengths = lengths + (~done).astype(jnp.int32)
     hit = jnp.isin(token, stop) & ~done
-    return step + 1, token, pos + 1, cache, out, stopped | hit, done | hit, lengths
+    return (step + 1, token, pos + 1, cache, out, stopped | hit, done | hit | (lengths >= limits),
+            lengths)
 
   _, _, _, _, out, stopped, _, lengths = jax.lax.while_loop(cond, body, state)
   return out, lengths, stopped
@@ -302,14 +304,17 @@ class Generator:
       self,
       prompts: Sequence[str],
       *,
-      max_new_tokens: int,
+      max_new_tokens: int | Sequence[int],
       temperature: float = 0.0,
       top_k: int = 0,
       seed: int = 0,
       as_chat: bool = False,
       system: str | None = None,
   ) -> list[Generation]:
-    """Completions of ``prompts`` (raw text, or user messages when ``as_chat``)."""
+    """Completions of ``prompts`` (raw text, or user messages when ``as_chat``).
+
+    ``max_new_tokens``: one limit for all, or one per prompt (see ``generate_ids``).
+    """
     if as_chat:
       prompts = [chat.user_prompt(p, fmt=self.chat_format, system=system) for p in prompts]
     elif system is not None:
@@ -326,14 +331,27 @@ class Generator:
       self,
       prompts: Sequence[Sequence[int]],
       *,
-      max_new_tokens: int,
+      max_new_tokens: int | Sequence[int],
       temperature: float = 0.0,
       top_k: int = 0,
       seed: int = 0,
   ) -> list[tuple[list[int], int, bool]]:
-    """For each prompt (token ids): (generated ids without the stop token, count, stopped)."""
-    if max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    """For each prompt (token ids): (generated ids without the stop token, count, stopped).
+
+    ``max_new_tokens`` may differ by prompt: prompts with different limits
+    share a batch (a row that reaches its limit idles until the batch ends),
+    so one decode loop serves requests that would otherwise need several.
+    """
+    if isinstance(max_new_tokens, int):
+      limits = [max_new_tokens] * len(prompts)
+    else:
+      limits = [int(n) for n in max_new_tokens]
+      if len(limits) != len(prompts):
+        raise ValueError(f"{len(limits)} max_new_tokens for {len(prompts)} prompts")
+    for i, n in enumerate(limits):
+      if n < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {n}"
+                         + ("" if isinstance(max_new_tokens, int) else f" for prompts[{i}]"))
     if temperature < 0:
       raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_k < 0 or top_k > self.config.vocab_size:
@@ -341,11 +359,9 @@ class Generator:
     for i, p in enumerate(prompts):
       if not p:
         raise ValueError(f"prompts[{i}] is empty (no tokens)")
-      if len(p) + max_new_tokens > self.config.max_seq_len:
-        raise ValueError(f"prompts[{i}]: {len(p)} tokens + max_new_tokens={max_new_tokens} exceed "
+      if len(p) + limits[i] > self.config.max_seq_len:
+        raise ValueError(f"prompts[{i}]: {len(p)} tokens + max_new_tokens={limits[i]} exceed "
                          f"max_seq_len={self.config.max_seq_len}")
-    num_new = _bucket(max_new_tokens, self.new_token_buckets, "max_new_tokens")
-    program = self._program(num_new, top_k)
     stop = np.full((MAX_STOP_IDS,), -1, np.int32)
     stop[:len(self.stop_ids)] = self.stop_ids
     # Chunks of similar length waste less compute on padding.
@@ -355,18 +371,22 @@ class Generator:
     for c, start in enumerate(range(0, len(order), chunk)):
       rows = order[start:start + chunk]
       batch = _bucket(len(rows), self.batch_buckets, "batch size")
+      num_new = _bucket(max(limits[i] for i in rows), self.new_token_buckets, "max_new_tokens")
+      program = self._program(num_new, top_k)
       shared = self.shared_prefix_length([prompts[i] for i in rows])
       plen = _bucket(max(len(prompts[i]) for i in rows) - shared, self.prompt_buckets,
                      "prompt length")
       prefix = np.asarray([prompts[rows[0]][:shared]], np.int32).reshape(1, shared)
       tokens = np.full((batch, plen), self.tokenizer.pad_id, np.int32)
       mask = np.zeros((batch, plen), np.bool_)
+      row_limits = np.ones((batch,), np.int32)  # Inactive rows: done after the first token.
       for r, i in enumerate(rows):
+        row_limits[r] = limits[i]
         n = len(prompts[i]) - shared
         tokens[r, plen - n:] = prompts[i][shared:]
         mask[r, plen - n:] = True
       rng = np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), c))
-      inputs = (prefix, tokens, mask, rng, np.float32(temperature), np.int32(max_new_tokens), stop)
+      inputs = (prefix, tokens, mask, rng, np.float32(temperature), row_limits, stop)
       with self._context():
         out, lengths, stopped = program(self.params, *map(self._on_mesh, inputs))
       out, lengths, stopped = map(_local_value, (out, lengths, stopped))

@@ -59,12 +59,14 @@ class Batcher:
           batch.append(self._queue.get_nowait())
         except queue.Empty:
           break
-      groups: dict[tuple[int, float, int], list[Any]] = {}
+      # One generate call per sampling setting; each prompt keeps its own max_tokens.
+      groups: dict[tuple[float, int], list[Any]] = {}
       for item in batch:
-        groups.setdefault(item[1:4], []).append(item)
-      for (max_new, temperature, seed), items in groups.items():
+        groups.setdefault(item[2:4], []).append(item)
+      for (temperature, seed), items in groups.items():
         try:
-          out = self.backend.generator.generate([i[0] for i in items], max_new_tokens=max_new,
+          out = self.backend.generator.generate([i[0] for i in items],
+                                                max_new_tokens=[i[1] for i in items],
                                                 temperature=temperature, seed=seed)
         except Exception as e:  # pylint: disable=broad-except  # Handed to the waiting thread.
           for item in items:
