@@ -49,8 +49,40 @@ CHILD = textwrap.dedent("""
     sharded_prefixed = generation.Generator(cfg, params, Tok(), mesh=mesh).generate_ids(
         prefixed, max_new_tokens=5)
 
+    # The same weights through the safetensors loader, placed on the mesh tensor by tensor.
+    import tempfile
+    from safetensors.numpy import save_file
+    from cdc_jax.teacher import llama_weights
+    hf = {"model.embed_tokens.weight": params_np["embed_tokens"],
+          "lm_head.weight": params_np["lm_head"]["weight"],
+          "model.norm.weight": params_np["final_norm"]["scale"]}
+    for i in range(cfg.num_layers):
+      p, l = f"model.layers.{i}.", params_np[f"layers_{i}"]
+      hf[p + "input_layernorm.weight"] = l["input_norm"]["scale"]
+      hf[p + "post_attention_layernorm.weight"] = l["post_attention_norm"]["scale"]
+      for name in ("q_proj", "k_proj", "v_proj"):
+        w = l["attn"][name]["weight"]
+        hf[p + f"self_attn.{name}.weight"] = w.reshape(-1, w.shape[-1])
+      hf[p + "self_attn.o_proj.weight"] = l["attn"]["o_proj"]["weight"].reshape(cfg.hidden, -1)
+      for name in ("gate_proj", "up_proj", "down_proj"):
+        hf[p + f"mlp.{name}.weight"] = l["mlp"][name]["weight"]
+    hf_dir = tempfile.mkdtemp()
+    save_file({k: np.ascontiguousarray(v) for k, v in hf.items()}, hf_dir + "/model.safetensors")
+    json.dump({"model_type": "llama", "vocab_size": 128, "hidden_size": 32,
+               "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 8,
+               "num_key_value_heads": 4, "head_dim": 8, "max_position_embeddings": 64,
+               "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False},
+              open(hf_dir + "/config.json", "w"))
+    _, loaded = llama_weights.load_safetensors(hf_dir, mesh=mesh)
+    loaded_specs_equal = jax.tree.all(jax.tree.map(
+        lambda a, b: a.sharding.spec == b.sharding.spec, loaded, params))
+    loaded_values_equal = jax.tree.all(jax.tree.map(
+        lambda a, b: bool((np.asarray(a) == b).all()), loaded, params_np))
+
     layer = params["layers_0"]
     print(json.dumps({
+        "loaded_specs_equal": bool(loaded_specs_equal),
+        "loaded_values_equal": bool(loaded_values_equal),
         "devices": len(jax.devices()),
         "max_abs_diff": float(np.abs(np.asarray(out) - ref).max()),
         "logits_spec": list(out.sharding.spec),
@@ -93,4 +125,5 @@ def test_sharded_forward_and_param_shardings():
   }
   assert report["q_proj_shard_shape"] == [2, 8, 32]  # 8 heads over model=4.
   assert report["generation_equal"] is True
+  assert report["loaded_specs_equal"] is True and report["loaded_values_equal"] is True
   assert report["prefix_generation_equal"] is True
