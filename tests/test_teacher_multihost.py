@@ -87,6 +87,8 @@ def test_mesh_shape_flag_is_checked():
   args = launch.parse_args(["--input", "x", "--out", "y", "--mesh_shape", "1,8",
                             "--dtype", "bfloat16"])
   assert args.mesh_shape == (1, 8) and args.dtype == "bfloat16"
+  from cdc_jax.teacher import jax_setup, llama
+  assert sorted(jax_setup.DTYPES) == sorted(llama.DTYPES)
 
 
 def _tiny_hf_dir(path: Path) -> Path:

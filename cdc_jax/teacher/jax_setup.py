@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cdc_jax.teacher import llama
+# The names of llama.DTYPES, spelt out so the launcher's flags do not import jax.
+DTYPES = ("bfloat16", "float16", "float32")
 
 
 def parse_mesh_shape(text: str) -> tuple[int, int]:
@@ -42,7 +43,7 @@ def add_jax_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
                        help="HF Llama directory: config.json, model*.safetensors, tokenizer.json")
   weights.add_argument("--random_tiny", action="store_true",
                        help="a tiny random-weight model instead (smoke tests; output is noise)")
-  parser.add_argument("--dtype", choices=sorted(llama.DTYPES), default="float32",
+  parser.add_argument("--dtype", choices=DTYPES, default="float32",
                       help="weights, KV cache and matmul inputs (bfloat16: mixed precision, "
                            "float32 residual stream and softmax)")
   parser.add_argument("--max_seq_len", type=int, default=2048)
