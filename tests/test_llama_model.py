@@ -108,18 +108,18 @@ def _generator(params, **kwargs) -> generation.Generator:
   return generation.Generator(TINY, params, _FakeTokenizer(), **kwargs)
 
 
-def _reference_greedy(params, prompt, n):
+def _reference_greedy(params, prompt, n, width=12):
   """Greedy decoding by re-running the full forward pass (no cache) each step.
 
-  Sequences are right-padded to 12 tokens in a batch of 2 so one program
+  Sequences are right-padded to ``width`` tokens in a batch of 2 so one program
   serves all steps; causal attention makes the trailing pads irrelevant.
   """
   ids = list(prompt)
   out = []
   for _ in range(n):
-    buffer = np.zeros((2, 12), np.int32)
+    buffer = np.zeros((2, width), np.int32)
     buffer[0, :len(ids)] = ids
-    token = int(np.argmax(_forward()(params, buffer, np.ones((2, 12), bool))[0, len(ids) - 1]))
+    token = int(np.argmax(_forward()(params, buffer, np.ones((2, width), bool))[0, len(ids) - 1]))
     out.append(token)
     ids.append(token)
   return out
@@ -135,6 +135,22 @@ def test_batched_left_padded_generation_equals_per_prompt(tiny_params):
     assert ids == _reference_greedy(tiny_params, prompt, 6)
     assert count == 6 and not stopped
 
+
+def test_phased_decoding_over_cache_segments_equals_full_forward(tiny_params):
+  # 40 new tokens: the 64-token bucket decodes in two phases (32, 64), the second
+  # attending to one more cache segment; left padding and a shared prefix included.
+  assert generation.decode_phases(64) == (32, 64)
+  gen = _generator(tiny_params, stop_ids=())
+  common = list(range(20, 37))
+  prompts = [common + [5, 9, 11], common + [12]]
+  results = gen.generate_ids(prompts, max_new_tokens=40)
+  for prompt, (ids, count, stopped) in zip(prompts, results):
+    assert (count, stopped) == (40, False)
+    assert ids == _reference_greedy(tiny_params, prompt, 40, width=64)
+  cache = llama.init_cache(TINY, batch=1, length=8, segments=(3, 5))
+  assert cache.segments == (3, 5) and cache.length == 8
+  with pytest.raises(ValueError, match="must be positive and sum to length=8"):
+    llama.init_cache(TINY, batch=1, length=8, segments=(3, 4))
 
 def test_shared_prompt_prefix_is_prefilled_once_with_the_same_results(tiny_params):
   common = list(range(20, 38))  # 18 tokens that begin every prompt.

@@ -5,11 +5,14 @@ attention, RMSNorm, SwiGLU MLP, tied or untied embeddings and a fixed-size KV
 cache. Every parameter and activation carries logical axis names so a large
 teacher shards over a ``(data, model)`` mesh (see ``teacher/sharding.py``).
 
-The cache holds one key/value array per layer of shape
-``[batch, kv_heads, cache_length, head_dim]``, a per-slot validity mask and a
-shared write index. Rows of a batch may be left-padded: pads are written into
-the cache but marked invalid, and each row's RoPE positions are passed
-explicitly, so a batch of prompts of different lengths decodes in lock-step.
+The cache holds, per layer, keys and values of shape
+``[batch, kv_heads, slots, head_dim]``, split along the slots into segments,
+a per-slot validity mask and a shared write index. Rows of a batch may be
+left-padded: pads are written into the cache but marked invalid, and each
+row's RoPE positions are passed explicitly, so a batch of prompts of different
+lengths decodes in lock-step. A call may attend to the leading segments only
+(``attend_segments``): decoding then reads just the part of the cache filled
+so far, where one array would be read whole every step (slicing it copies).
 
 Layouts are chosen for XLA:CPU's matmul kernels: projection weights are
 stored ``[out, in]`` as in Hugging Face checkpoints (contracting the last axis
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -89,12 +93,13 @@ class LlamaConfig:
 class KVCache:
   """Decoding state: per-layer keys/values, slot validity and the write index.
 
-  keys/values: tuples (one per layer) of ``[batch, kv_heads, cache_length, head_dim]``.
+  keys/values: per layer, a tuple of segments ``[batch, kv_heads, size_j, head_dim]``
+    that together hold the cache's slots in order.
   valid: ``[batch, cache_length]`` bool, True where a slot holds a real token.
   index: int32 scalar, the next slot to write.
   """
-  keys: tuple[jax.Array, ...]
-  values: tuple[jax.Array, ...]
+  keys: tuple[tuple[jax.Array, ...], ...]
+  values: tuple[tuple[jax.Array, ...], ...]
   valid: jax.Array
   index: jax.Array
 
@@ -103,11 +108,23 @@ class KVCache:
     """Number of slots in the cache."""
     return self.valid.shape[1]
 
+  @property
+  def segments(self) -> tuple[int, ...]:
+    """The slot count of each segment."""
+    return tuple(k.shape[2] for k in self.keys[0])
 
-def init_cache(config: LlamaConfig, *, batch: int, length: int) -> KVCache:
-  """An empty cache for ``batch`` rows and ``length`` slots."""
-  shape = (batch, config.num_kv_heads, length, config.head_dim)
-  zeros = lambda: _constrain(jnp.zeros(shape, config.jnp_dtype), _CACHE_AXES)
+
+def init_cache(config: LlamaConfig, *, batch: int, length: int,
+               segments: Sequence[int] | None = None) -> KVCache:
+  """An empty cache for ``batch`` rows and ``length`` slots (``segments``: sizes, default one)."""
+  segments = (length,) if segments is None else tuple(segments)
+  if sum(segments) != length or min(segments) < 1:
+    raise ValueError(f"cache segments {segments} must be positive and sum to length={length}")
+
+  def zeros() -> tuple[jax.Array, ...]:
+    return tuple(_constrain(jnp.zeros((batch, config.num_kv_heads, n, config.head_dim),
+                                      config.jnp_dtype), _CACHE_AXES) for n in segments)
+
   return KVCache(
       keys=tuple(zeros() for _ in range(config.num_layers)),
       values=tuple(zeros() for _ in range(config.num_layers)),
@@ -122,16 +139,23 @@ def fill_prefix(cache: KVCache, prefix: KVCache) -> KVCache:
   """``cache`` with the single row of ``prefix`` copied into every row's first slots.
 
   For a prompt prefix shared by a whole batch: it is prefilled once at batch 1
-  and each row then continues from slot ``prefix.index``.
+  and each row then continues from slot ``prefix.index``. The prefix (one
+  segment) must fit in the cache's first segment.
   """
+  if prefix.length > cache.segments[0]:
+    raise ValueError(f"a {prefix.length}-slot prefix does not fit the first cache segment "
+                     f"({cache.segments[0]} slots)")
 
   def put(slots: jax.Array, shared: jax.Array) -> jax.Array:
     shared = jnp.broadcast_to(shared, slots.shape[:1] + shared.shape[1:]).astype(slots.dtype)
     return jax.lax.dynamic_update_slice(slots, shared, (0,) * slots.ndim)
 
+  def layer(segs: tuple[jax.Array, ...], shared: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    return (_constrain(put(segs[0], shared[0]), _CACHE_AXES),) + segs[1:]
+
   return KVCache(
-      keys=tuple(_constrain(put(c, p), _CACHE_AXES) for c, p in zip(cache.keys, prefix.keys)),
-      values=tuple(_constrain(put(c, p), _CACHE_AXES) for c, p in zip(cache.values, prefix.values)),
+      keys=tuple(layer(c, p) for c, p in zip(cache.keys, prefix.keys)),
+      values=tuple(layer(c, p) for c, p in zip(cache.values, prefix.values)),
       valid=put(cache.valid, prefix.valid),
       index=prefix.index)
 
@@ -254,7 +278,12 @@ class Attention(nn.Module):
   config: LlamaConfig
 
   @nn.compact
-  def __call__(self, x, rope, mask, layer_cache, write_index):
+  def __call__(self, x, rope, mask, layer_cache, write_index, attend=1):
+    """``layer_cache``: (key segments, value segments) or None; ``attend``: segments seen.
+
+    The chunk is written into the last segment seen, at ``write_index``, and
+    ``mask [batch, length, slots seen]`` says which slots each query attends to.
+    """
     cfg = self.config
     dtype = cfg.jnp_dtype
     e, h, kv, d = cfg.hidden, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -268,10 +297,17 @@ class Attention(nn.Module):
     # [batch, kv_heads, length, head_dim]: the cache layout.
     k = _constrain(k.transpose(0, 2, 1, 3), _CACHE_AXES)
     v = _constrain(v.astype(dtype).transpose(0, 2, 1, 3), _CACHE_AXES)
-    if layer_cache is not None:
-      start = (0, 0, write_index, 0)
-      k, v = (_constrain(write_cache(c, x, start), _CACHE_AXES) for c, x in zip(layer_cache, (k, v)))
-      layer_cache = (k, v)
+    if layer_cache is None:
+      keys, values = (k,), (v,)
+    else:
+      key_segs, value_segs = layer_cache
+      offset = write_index - sum(c.shape[2] for c in key_segs[:attend - 1])
+      start = (0, 0, offset, 0)
+      last_k, last_v = (_constrain(write_cache(c[attend - 1], x, start), _CACHE_AXES)
+                        for c, x in ((key_segs, k), (value_segs, v)))
+      keys = key_segs[:attend - 1] + (last_k,)
+      values = value_segs[:attend - 1] + (last_v,)
+      layer_cache = (keys + key_segs[attend:], values + value_segs[attend:])
 
     batch, length = q.shape[:2]
     # Query head i uses kv head i // groups, as transformers' repeat_kv does. The
@@ -279,12 +315,18 @@ class Attention(nn.Module):
     groups = h // kv
     q = q.reshape(batch, length, kv, groups, d).transpose(0, 2, 1, 3, 4)
     q = q.reshape(batch, kv, length * groups, d)
-    scores = jnp.einsum("bkmd,bktd->bkmt", q, k, preferred_element_type=jnp.float32)
-    scores = scores.reshape(batch, kv, length, groups, -1)
+    scores = jnp.concatenate(
+        [jnp.einsum("bkmd,bktd->bkmt", q, k, preferred_element_type=jnp.float32) for k in keys],
+        axis=-1).reshape(batch, kv, length, groups, -1)
     # A finite floor keeps fully masked (pad) query rows from producing NaNs.
     scores = jnp.where(mask[:, None, :, None, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(batch, kv, length * groups, -1)
-    out = jnp.einsum("bkmt,bktd->bkmd", probs, v, preferred_element_type=jnp.float32)
+    out, start = 0.0, 0
+    for v in values:  # Each segment's share of the weighted sum.
+      size = v.shape[2]
+      out = out + jnp.einsum("bkmt,bktd->bkmd", probs[..., start:start + size], v,
+                             preferred_element_type=jnp.float32)
+      start += size
     out = out.reshape(batch, kv, length, groups, d).transpose(0, 2, 1, 3, 4)
     out = _constrain(out.reshape(batch, length, h, d), ("batch", "length", "heads", "kv"))
     out = Linear((e,), (h, d), ("embed", "heads", "kv"), dtype, name="o_proj")(out)
@@ -311,10 +353,10 @@ class DecoderLayer(nn.Module):
   config: LlamaConfig
 
   @nn.compact
-  def __call__(self, x, rope, mask, layer_cache, write_index):
+  def __call__(self, x, rope, mask, layer_cache, write_index, attend=1):
     cfg = self.config
     h = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, name="input_norm")(x)
-    h, layer_cache = Attention(cfg, name="attn")(h, rope, mask, layer_cache, write_index)
+    h, layer_cache = Attention(cfg, name="attn")(h, rope, mask, layer_cache, write_index, attend)
     x = _constrain(x + h, ("batch", "length", "embed"))
     h = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, name="post_attention_norm")(x)
     x = _constrain(x + Mlp(cfg, name="mlp")(h), ("batch", "length", "embed"))
@@ -326,7 +368,9 @@ class Llama(nn.Module):
 
   Without a cache, ``attention_mask [batch, length]`` (default all True) marks
   real tokens and attention is causal over this chunk. With a cache, the
-  chunk is written at ``cache.index`` and attends to every valid earlier slot.
+  chunk is written at ``cache.index`` and attends to every valid earlier slot
+  of the first ``attend_segments`` cache segments (default all), the last of
+  which must hold the chunk's slots.
   ``positions`` defaults to each row's count of earlier real tokens.
   ``last_only`` computes logits for the final position only (prefill).
   """
@@ -340,6 +384,7 @@ class Llama(nn.Module):
       positions: jax.Array | None = None,
       attention_mask: jax.Array | None = None,
       cache: KVCache | None = None,
+      attend_segments: int | None = None,
       last_only: bool = False,
   ) -> tuple[jax.Array, KVCache | None]:
     cfg = self.config
@@ -357,13 +402,18 @@ class Llama(nn.Module):
     if cache is None:
       write_index = jnp.zeros((), jnp.int32)
       key_valid = attention_mask
-      key_slots = jnp.arange(length)
+      attend, seen = 1, length
     else:
       write_index = cache.index
       key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, write_index))
-      key_slots = jnp.arange(cache.length)
+      attend = len(cache.segments) if attend_segments is None else attend_segments
+      if not 1 <= attend <= len(cache.segments):
+        raise ValueError(f"attend_segments={attend_segments} for a cache of "
+                         f"{len(cache.segments)} segments")
+      seen = sum(cache.segments[:attend])
     query_slots = write_index + jnp.arange(length)
-    mask = key_valid[:, None, :] & (key_slots[None, None, :] <= query_slots[None, :, None])
+    mask = key_valid[:, None, :seen] & (jnp.arange(seen)[None, None, :]
+                                        <= query_slots[None, :, None])
 
     embedding = self.param("embed_tokens", _dense_init(("vocab", "embed")),
                            (cfg.vocab_size, cfg.hidden), dtype)
@@ -374,7 +424,7 @@ class Llama(nn.Module):
     for i in range(cfg.num_layers):
       layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
       x, layer_cache = DecoderLayer(cfg, name=f"layers_{i}")(
-          x, rope, mask, layer_cache, write_index)
+          x, rope, mask, layer_cache, write_index, attend)
       if cache is not None:
         new_keys.append(layer_cache[0])
         new_values.append(layer_cache[1])
