@@ -17,7 +17,7 @@
 # committed chunk. Re-running this script after a crash resumes every shard.
 #
 # A large teacher shards over a (data, model) mesh of one node's GPUs, e.g. LLaMA-3-70B
-# from a local HF directory on 8 GPUs, one shard index per node:
+# from a local HF directory on 8 GPUs, one shard index per node (not run here: CPU only):
 #   SHARD_INDEX=0 launch/teacher_traces.sh IN OUT 4 --backend=jax \
 #     --safetensors=/models/Meta-Llama-3-70B-Instruct --dtype=bfloat16 --mesh_shape=1,8
 # Over several nodes, every node of a shard runs the same command plus

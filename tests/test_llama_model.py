@@ -137,20 +137,21 @@ def test_batched_left_padded_generation_equals_per_prompt(tiny_params):
 
 
 def test_phased_decoding_over_cache_segments_equals_full_forward(tiny_params):
-  # 40 new tokens: the 64-token bucket decodes in two phases (32, 64), the second
+  # 70 new tokens: the 128-token bucket decodes in two phases (64, 128), the second
   # attending to one more cache segment; left padding and a shared prefix included.
-  assert generation.decode_phases(64) == (32, 64)
-  gen = _generator(tiny_params, stop_ids=())
+  assert generation.decode_phases(128) == (64, 128)
+  gen = _generator(tiny_params, stop_ids=(), prompt_buckets=(16, 32))
   common = list(range(20, 37))
   prompts = [common + [5, 9, 11], common + [12]]
-  results = gen.generate_ids(prompts, max_new_tokens=40)
+  results = gen.generate_ids(prompts, max_new_tokens=70)
   for prompt, (ids, count, stopped) in zip(prompts, results):
-    assert (count, stopped) == (40, False)
-    assert ids == _reference_greedy(tiny_params, prompt, 40, width=64)
+    assert (count, stopped) == (70, False)
+    assert ids == _reference_greedy(tiny_params, prompt, 70, width=96)
   cache = llama.init_cache(TINY, batch=1, length=8, segments=(3, 5))
   assert cache.segments == (3, 5) and cache.length == 8
   with pytest.raises(ValueError, match="must be positive and sum to length=8"):
     llama.init_cache(TINY, batch=1, length=8, segments=(3, 4))
+
 
 def test_shared_prompt_prefix_is_prefilled_once_with_the_same_results(tiny_params):
   common = list(range(20, 38))  # 18 tokens that begin every prompt.
@@ -204,6 +205,7 @@ def test_per_prompt_limits_in_one_batch_equal_separate_calls(tiny_params):
   with pytest.raises(ValueError, match=r"max_new_tokens must be >= 1, got 0 for prompts\[1\]"):
     gen.generate_ids(prompts[:2], max_new_tokens=[4, 0])
 
+
 def test_more_prompts_than_largest_batch_bucket(tiny_params):
   gen = _generator(tiny_params, stop_ids=(), batch_buckets=(1, 4))
   prompts = [[i + 4] * (1 + i % 3) for i in range(6)]  # Chunks of 4 and 2 (padded to 4).
@@ -231,7 +233,6 @@ def test_top_k_restricts_samples():
   assert set(picks.tolist()) == {1}
 
 
-
 def test_greedy_tokens_is_argmax_with_first_index_on_ties():
   logits = jnp.array([[0.0, 3.0, 3.0, -1.0], [-5.0, -7.0, -5.0, -6.0], [1.0, 1.0, 1.0, 1.0],
                       [-jnp.inf, 2.0, jnp.inf, 0.0]])
@@ -249,6 +250,7 @@ def test_write_cache_writes_the_update_bit_exactly(dtype):
   expected = np.asarray(cache.astype(jnp.float32)).copy()
   expected[:, :, 5:6] = np.asarray(update.astype(jnp.float32))
   np.testing.assert_array_equal(np.asarray(out.astype(jnp.float32)), expected)
+
 
 def test_generate_rejects_bad_requests(tiny_params):
   gen = _generator(tiny_params)

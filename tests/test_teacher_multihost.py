@@ -8,7 +8,6 @@ traces must equal those of one process on one device; only process 0 writes.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from cdc_jax.data import records as records_lib
 from cdc_jax.data import synthetic
 from cdc_jax.teacher import launch, shards, verify
+from tests import ports
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,12 +42,6 @@ def _env(devices: int) -> dict[str, str]:
               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _records(out: Path) -> list[tuple]:
   return [(r.id, r.rationales, r.teacher_answer)
           for r in records_lib.read_records(out / "traces-00000-of-00001.jsonl")]
@@ -58,7 +52,7 @@ def test_two_process_sharded_teacher_matches_one_device(strategy, tmp_path):
                           capture_output=True, text=True, timeout=300, check=False)
   assert single.returncode == 0, single.stderr[-3000:]
 
-  port = _free_port()
+  port = ports.free_port()
   out = tmp_path / "multi"
   procs = [subprocess.Popen(
       _flags(strategy, out, "--mesh_shape", "2,2", "--coordinator_address", f"127.0.0.1:{port}",
@@ -108,7 +102,8 @@ def _tiny_hf_dir(path: Path) -> Path:
   model = transformers.LlamaForCausalLM(config)
   with torch.no_grad():  # Larger weights than the init, so replies vary by question.
     for p in model.parameters():
-      p.mul_(20.0) if p.ndim > 1 else None
+      if p.ndim > 1:
+        p.mul_(20.0)
   model.to(torch.bfloat16).save_pretrained(path)
   tok.backend.save(str(path / "tokenizer.json"))
   (path / "tokenizer_config.json").write_text(json.dumps({

@@ -6,7 +6,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import pytest
 from cdc_jax.data import records as records_lib
 from cdc_jax.data import synthetic
 from cdc_jax.teacher import backends, launch, prompts, verify
+from tests import ports
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = backends.RetryPolicy(max_retries=3, backoff_base_s=0.001, backoff_max_s=0.01, timeout_s=30)
@@ -118,9 +118,7 @@ def test_gives_up_after_the_last_retry(stub_factory):
   with pytest.raises(backends.TeacherHTTPError, match="gave up after 4 attempts.*HTTP 500"):
     client.request("/chat/completions", {"model": "m"})
   assert len(stub.requests) == 4
-  with socket.socket() as s:  # A port nobody listens on: connection refused, retried.
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = ports.free_port()  # A port nobody listens on: connection refused, retried.
   client = backends.OpenAIClient(f"http://127.0.0.1:{port}", retry=FAST)
   assert client.base_url == f"http://127.0.0.1:{port}/v1"
   with pytest.raises(backends.TeacherHTTPError, match="gave up after 4 attempts.*refused"):

@@ -2,12 +2,11 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
-from tests import train_helpers
+from tests import ports, train_helpers
 
 SHARDED_SCRIPT = textwrap.dedent("""
     import json, os
@@ -74,14 +73,8 @@ def test_data_x_model_parallel_training_matches_one_device():
   np.testing.assert_allclose(sharded["wo"], single["wo"], rtol=1e-4, atol=1e-6)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_train_one_model_and_agree_on_the_loss(tmp_path):
-  port = _free_port()
+  port = ports.free_port()
   args = train_helpers.tiny_train_args(tmp_path / "run", "cdc.arithmetic.L6.cot_label", steps=3,
                                        extra=("--gin.MESH_SHAPE=(2, 2)", "--gin.LOG_EVERY=1",
                                               "--gin.CHECKPOINT_EVERY=3"))

@@ -165,23 +165,27 @@ def tiny_tokenizer() -> Any:
       stop_ids=(eos, end_turn))
 
 
-TINY_CONFIG_FIELDS = dict(hidden=32, intermediate=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                          head_dim=8, max_seq_len=2048 + 256, tie_word_embeddings=False)
+def tiny_random_generator(*, seed: int = 0, mesh: Any = None) -> Any:
+  """A Generator with a tiny random-weight Llama and :func:`tiny_tokenizer` (tests, smoke runs).
 
-
-def tiny_random_params(config: Any, *, seed: int = 0) -> Any:
-  """Random float32 params for ``config`` drawn with numpy, as numpy arrays.
-
-  Unit-scale embeddings and untied output weights: with small ones (or tied
-  embeddings) greedy decoding repeats one token forever.
+  What it generates is noise, but it goes through every step of the real path
+  (chat template, batching, stop tokens; with ``mesh``, sharded params).
+  Few buckets (batch 4, prompts of 512 or 2048 tokens, 64 or 256 new tokens)
+  keep the number of compiled programs, the slow part on CPU, small.
   """
   import flax.linen as nn
   import jax
   import numpy as np
 
-  from cdc_jax.teacher import llama
+  from cdc_jax.teacher import generation, llama, sharding
 
+  tok = tiny_tokenizer()
+  config = llama.LlamaConfig(vocab_size=tok.vocab_size, hidden=32, intermediate=64, num_layers=2,
+                             num_heads=4, num_kv_heads=2, head_dim=8, max_seq_len=2048 + 256,
+                             tie_word_embeddings=False)
   # Drawn with numpy: flax's init runs op by op, each op compiled, ~10x slower on CPU.
+  # Unit-scale embeddings and untied output weights: with small ones (or tied
+  # embeddings) greedy decoding repeats one token forever.
   rng = np.random.default_rng(seed)
 
   def draw(path: tuple[Any, ...], leaf: Any) -> np.ndarray:
@@ -191,29 +195,12 @@ def tiny_random_params(config: Any, *, seed: int = 0) -> Any:
     std = 1.0 if ("embed_tokens" in name or "lm_head" in name) else 0.2
     return rng.normal(0.0, std, leaf.shape).astype(np.float32)
 
-  return jax.tree_util.tree_map_with_path(draw, nn.unbox(llama.abstract_params(config)))
-
-
-def tiny_random_generator(*, seed: int = 0, mesh: Any = None) -> Any:
-  """A Generator with a tiny random-weight Llama and :func:`tiny_tokenizer` (tests, smoke runs).
-
-  What it generates is noise, but it goes through every step of the real path
-  (chat template, batching, stop tokens; with ``mesh``, sharded params).
-  Few buckets (batch 4, prompts of 512 or 2048 tokens, 64 or 256 new tokens)
-  keep the number of compiled programs, the slow part on CPU, small.
-  """
-  import jax
-
-  from cdc_jax.teacher import generation, llama, sharding
-
-  tok = tiny_tokenizer()
-  config = llama.LlamaConfig(vocab_size=tok.vocab_size, **TINY_CONFIG_FIELDS)
-  params = tiny_random_params(config, seed=seed)
+  abstract = llama.abstract_params(config)
+  params = jax.tree_util.tree_map_with_path(draw, nn.unbox(abstract))
   if mesh is None:
     params = jax.tree.map(jax.device_put, params)
   else:
-    params = jax.tree.map(lambda a, s: jax.make_array_from_callback(a.shape, s, a.__getitem__),
-                          params, sharding.param_shardings(llama.abstract_params(config), mesh))
+    params = jax.tree.map(sharding.place, params, sharding.param_shardings(abstract, mesh))
   return generation.Generator(config, params, tok, batch_buckets=(4,),
                               prompt_buckets=(512, 2048), new_token_buckets=(64, 256), mesh=mesh)
 

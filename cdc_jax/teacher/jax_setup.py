@@ -70,11 +70,22 @@ def make_mesh(shape: tuple[int, int] | None) -> Any:
   return sharding.make_teacher_mesh(shape)
 
 
-def backend_from_flags(args: argparse.Namespace, *, seed: int = 0) -> Any:
-  """Joins the multi-host system if asked, then loads the teacher the flags name."""
+def backend_from_flags(args: argparse.Namespace, *, seed: int = 0,
+                       multihost: bool = True) -> Any:
+  """Joins the multi-host system if asked, then loads the teacher the flags name.
+
+  ``multihost=False`` (the server, where requests reach one process) refuses
+  the multi-host flags and environment instead of joining a system.
+  """
+  import os
+
   from cdc_jax import distributed
   from cdc_jax.teacher import backends
 
+  if not multihost and (args.coordinator_address or args.num_processes
+                        or os.environ.get("CDC_COORDINATOR_ADDRESS")):
+    raise ValueError("this command runs on one host (--mesh_shape over its devices); a "
+                     "multi-host teacher runs through python -m cdc_jax.teacher.launch")
   distributed.initialize(coordinator_address=args.coordinator_address,
                          num_processes=args.num_processes, process_id=args.process_id)
   if args.jax_cache_dir:

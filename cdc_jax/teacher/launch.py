@@ -255,14 +255,14 @@ def run_shard(questions: Questions, backend: backends_lib.Backend, *, out_dir: s
   processes of a multi-host teacher run this together; the lead reads and
   writes the shard files and tells the others which chunks are left.
   """
-  if group is not None and group.count > 1 and not group.is_lead:
-    return _follow_shard(questions, backend, shard_index=shard_index, num_shards=num_shards,
-                         chunk_size=chunk_size, settings=settings, community=community,
-                         group=group)
   community = names.validate_name(community or questions.community)
   items = shards.select_shard(questions.records, shard_index, num_shards)
   pieces = shards.chunks(items, chunk_size)
   stem = shards.shard_stem(shard_index, num_shards)
+  shared = group is not None and group.count > 1
+  if shared and not group.is_lead:
+    return _follow_shard(pieces, backend, settings=settings, community=community, stem=stem,
+                         group=group)
   run_config = {
       "community": community, "input": input_fingerprint(questions),
       "shard_index": shard_index, "num_shards": num_shards, "chunk_size": chunk_size,
@@ -272,7 +272,6 @@ def run_shard(questions: Questions, backend: backends_lib.Backend, *, out_dir: s
   }
   writer = shards.ShardWriter(out_dir, shard_index=shard_index, num_shards=num_shards,
                               run_config=run_config)
-  shared = group is not None and group.count > 1
   if writer.is_complete():
     writer.check_complete()
     writer.cleanup_after_complete()
@@ -315,14 +314,10 @@ def run_shard(questions: Questions, backend: backends_lib.Backend, *, out_dir: s
   return ShardResult(writer.final_path, meta["records"], len(meta["failures"]), run, resumed)
 
 
-def _follow_shard(questions: Questions, backend: backends_lib.Backend, *, shard_index: int,
-                  num_shards: int, chunk_size: int, settings: TraceSettings,
-                  community: str | None, group: Any) -> ShardResult:
+def _follow_shard(pieces: Sequence[Sequence[records_lib.TraceRecord]],
+                  backend: backends_lib.Backend, *, settings: TraceSettings, community: str,
+                  stem: str, group: Any) -> ShardResult:
   """A non-lead process of a multi-host teacher: the lead's chunks, nothing written."""
-  community = names.validate_name(community or questions.community)
-  pieces = shards.chunks(shards.select_shard(questions.records, shard_index, num_shards),
-                         chunk_size)
-  stem = shards.shard_stem(shard_index, num_shards)
   done = group.share([], length=len(pieces))
   records = failures = run = 0
   for index, piece in enumerate(pieces):

@@ -165,8 +165,8 @@ def write_cache(cache: jax.Array, update: jax.Array, start: tuple[Any, ...]) -> 
 
   A 16-bit float cache is updated as its uint16 bits (a lossless bitcast):
   XLA:CPU runs a bf16 ``dynamic_update_slice`` by converting the whole layer
-  cache to float32 and back every decode step, which took 18% of a SmolLM2
-  batch-32 step; on integers it writes only the update.
+  cache to float32 and back every decode step, 14% of the busy time of a
+  SmolLM2 batch-32 step (profiled); as uint16, +3-5% tokens/s (measured).
   """
   update = update.astype(cache.dtype)
   if cache.dtype.itemsize != 2 or not jnp.issubdtype(cache.dtype, jnp.floating):

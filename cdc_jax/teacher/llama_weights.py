@@ -249,12 +249,12 @@ def read_safetensors(file: str | os.PathLike[str]) -> dict[str, np.ndarray]:
       header = json.loads(f.read(size))
     except ValueError as e:
       raise ValueError(f"{file}: unreadable safetensors header: {e}") from None
-  data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + size) if header.keys() - {
-      "__metadata__"} else np.zeros(0, np.uint8)
+  header.pop("__metadata__", None)
+  # (np.memmap cannot map an empty data section.)
+  data = (np.memmap(file, dtype=np.uint8, mode="r", offset=8 + size) if header
+          else np.zeros(0, np.uint8))
   tensors = {}
   for name, entry in header.items():
-    if name == "__metadata__":
-      continue
     if entry.get("dtype") not in _SAFETENSORS_DTYPES:
       raise ValueError(f"{file}: tensor {name!r} has dtype {entry.get('dtype')!r}; supported: "
                        f"{sorted(_SAFETENSORS_DTYPES)}")
@@ -315,64 +315,44 @@ def params_from_hf(
   """
   c = config
   dtype = c.jnp_dtype
-  if mesh is not None:
-    from cdc_jax.teacher import sharding  # Deferred: only sharded loads need flax partitioning.
-    shardings = sharding.param_shardings(llama.abstract_params(config), mesh)
 
-  def place(array: np.ndarray, path: tuple[str, ...]) -> jax.Array:
-    """On device(s) now, so at most one tensor at a time is converted on the host."""
-    if mesh is None:
-      return jax.device_put(np.ascontiguousarray(array, dtype=dtype))
-    target = shardings
-    for key in path:
-      target = target[key]
-    # Each device's slice is read and converted on its own (memory-mapped input).
-    return jax.make_array_from_callback(
-        array.shape, target, lambda index: np.ascontiguousarray(array[index], dtype=dtype))
-
-  def fetch(name: str, shape: tuple[int, ...], *path: str) -> jax.Array:
+  def fetch(name: str, shape: tuple[int, ...]) -> np.ndarray:
     array = get(name)
     if array.shape != shape:
       raise ValueError(f"{source}: tensor {name!r} has shape {array.shape}, expected {shape}")
-    return place(array, path)
+    return array
 
-  def proj(name: str, out: tuple[int, ...], inp: tuple[int, ...], *path: str) -> jax.Array:
-    """``[prod(out), prod(in)]`` stored as ``out + in`` (head axes split out)."""
-    array = get(name)
-    flat = (int(np.prod(out)), int(np.prod(inp)))
-    if array.shape != flat:
-      raise ValueError(f"{source}: tensor {name!r} has shape {array.shape}, expected {flat}")
-    return place(array.reshape(out + inp), path)
+  def proj(name: str, out: tuple[int, ...], inp: tuple[int, ...]) -> np.ndarray:
+    """``[prod(out), prod(in)]`` viewed as ``out + in`` (head axes split out)."""
+    return fetch(name, (int(np.prod(out)), int(np.prod(inp)))).reshape(out + inp)
 
-  # Our weights keep HF's [out, in] layout; only head axes are split out.
+  # Our weights keep HF's [out, in] layout; only head axes are split out. The
+  # arrays are views (of memory-mapped files for safetensors) until placed.
   params: dict[str, Any] = {
-      "embed_tokens": fetch("model.embed_tokens.weight", (c.vocab_size, c.hidden), "embed_tokens"),
-      "final_norm": {"scale": fetch("model.norm.weight", (c.hidden,), "final_norm", "scale")},
+      "embed_tokens": fetch("model.embed_tokens.weight", (c.vocab_size, c.hidden)),
+      "final_norm": {"scale": fetch("model.norm.weight", (c.hidden,))},
   }
   if not c.tie_word_embeddings:
-    params["lm_head"] = {"weight": fetch("lm_head.weight", (c.vocab_size, c.hidden),
-                                         "lm_head", "weight")}
+    params["lm_head"] = {"weight": fetch("lm_head.weight", (c.vocab_size, c.hidden))}
   e, hd = c.hidden, c.head_dim
   for i in range(c.num_layers):
-    p, layer = f"model.layers.{i}.", f"layers_{i}"
-    params[layer] = {
-        "input_norm": {"scale": fetch(p + "input_layernorm.weight", (e,), layer, "input_norm",
-                                      "scale")},
-        "post_attention_norm": {"scale": fetch(p + "post_attention_layernorm.weight", (e,), layer,
-                                               "post_attention_norm", "scale")},
-        "attn": {
-            name: {"weight": proj(p + f"self_attn.{name}.weight", out, inp, layer, "attn", name,
-                                  "weight")}
-            for name, out, inp in (("q_proj", (c.num_heads, hd), (e,)),
-                                   ("k_proj", (c.num_kv_heads, hd), (e,)),
-                                   ("v_proj", (c.num_kv_heads, hd), (e,)),
-                                   ("o_proj", (e,), (c.num_heads, hd)))
-        },
-        "mlp": {
-            name: {"weight": proj(p + f"mlp.{name}.weight", out, inp, layer, "mlp", name, "weight")}
-            for name, out, inp in (("gate_proj", (c.intermediate,), (e,)),
-                                   ("up_proj", (c.intermediate,), (e,)),
-                                   ("down_proj", (e,), (c.intermediate,)))
-        },
+    p = f"model.layers.{i}."
+    params[f"layers_{i}"] = {
+        "input_norm": {"scale": fetch(p + "input_layernorm.weight", (e,))},
+        "post_attention_norm": {"scale": fetch(p + "post_attention_layernorm.weight", (e,))},
+        "attn": {name: {"weight": proj(p + f"self_attn.{name}.weight", out, inp)}
+                 for name, out, inp in (("q_proj", (c.num_heads, hd), (e,)),
+                                        ("k_proj", (c.num_kv_heads, hd), (e,)),
+                                        ("v_proj", (c.num_kv_heads, hd), (e,)),
+                                        ("o_proj", (e,), (c.num_heads, hd)))},
+        "mlp": {name: {"weight": proj(p + f"mlp.{name}.weight", out, inp)}
+                for name, out, inp in (("gate_proj", (c.intermediate,), (e,)),
+                                       ("up_proj", (c.intermediate,), (e,)),
+                                       ("down_proj", (e,), (c.intermediate,)))},
     }
-  return params
+  # One tensor at a time is converted on the host and placed.
+  if mesh is None:
+    return jax.tree.map(lambda a: jax.device_put(np.asarray(a, dtype=dtype, order="C")), params)
+  from cdc_jax.teacher import sharding  # Deferred: only sharded loads need flax partitioning.
+  shardings = sharding.param_shardings(llama.abstract_params(config), mesh)
+  return jax.tree.map(lambda a, s: sharding.place(a, s, dtype), params, shardings)

@@ -227,12 +227,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
   """Loads the model, binds the port, prints where it serves and serves until killed."""
   args = parse_args(argv)
-  if args.coordinator_address or args.num_processes:
-    # Requests arrive at one process; a multi-host teacher needs every process
-    # to run each batch. Use the launcher (all processes in lock-step) for that.
-    raise SystemExit("error: the server runs on one host (--mesh_shape over its devices); "
-                     "multi-host teachers run through python -m cdc_jax.teacher.launch")
-  backend = jax_setup.backend_from_flags(args)
+  try:  # Requests reach one process; a multi-host teacher needs all to run each batch.
+    backend = jax_setup.backend_from_flags(args, multihost=False)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   server = Server((args.host, args.port), backend=backend, max_batch=args.max_batch,
                   die_after_requests=args.die_after_requests, verbose=args.verbose)
   host, port = server.server_address[:2]

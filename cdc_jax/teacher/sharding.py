@@ -52,3 +52,14 @@ def param_shardings(
   """NamedShardings for a (boxed, abstract) param tree from its logical axis names."""
   logical = nn.get_partition_spec(abstract_params)
   return nn.logical_to_mesh_sharding(logical, mesh, list(rules))
+
+
+def place(value: np.ndarray, target: jax.sharding.Sharding, dtype: object = None) -> jax.Array:
+  """``value`` (host memory, possibly memory-mapped) as a global array with ``target`` sharding.
+
+  Each device's slice is read (and cast to ``dtype``) on its own, so a sharded
+  load never holds more than one device's share of a converted tensor, and on
+  a multi-host mesh every process supplies only its own devices' slices.
+  """
+  return jax.make_array_from_callback(
+      value.shape, target, lambda index: np.asarray(value[index], dtype=dtype, order="C"))
