@@ -11,7 +11,8 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["cdc_jax", "cdc_jax.*", "tasks"]),
-    package_data={"": ["*.gin"]},
+    # The CPU kernels' C++ source is compiled on first use (teacher/cpu_kernels.py).
+    package_data={"": ["*.gin"], "cdc_jax.teacher": ["kernels/*.cc"]},
     # Pinned versions live in requirements/*.txt (installed by `make`); these
     # are the direct dependencies for a plain `pip install`.
     install_requires=[

@@ -3,7 +3,7 @@
 Run from the repo root:
   PYTHONPATH=. python benchmarks/launcher_throughput.py [--n 200] [--shards 1,2] \
       [--max-new-tokens 64] [--summary-max-new-tokens 32] [--levels 1,2,3,4,5,6] \
-      [--dtype bfloat16] [--chunk-size 32] [--phases cold,warm]
+      [--dtype bfloat16] [--kernels auto] [--chunk-size 32] [--phases cold,warm]
 
 Takes the first ``--n`` StrategyQA train questions (``../shared/data/strategyqa``
 through the StrategyQA importer), then for each shard count runs that many
@@ -44,6 +44,7 @@ def main() -> None:
   parser.add_argument("--chunk-size", type=int, default=8)
   parser.add_argument("--gguf", default=None)
   parser.add_argument("--dtype", default="float32", help="the launcher's --dtype")
+  parser.add_argument("--kernels", default="auto", help="the launcher's --kernels")
   parser.add_argument("--phases", default="cold,warm",
                       help="cold (fresh compilation cache), warm (the same command again)")
   args = parser.parse_args()
@@ -57,7 +58,7 @@ def main() -> None:
   work = Path(tempfile.mkdtemp(prefix="launcher_throughput_"))
   inp = work / "questions.jsonl"
   records_lib.write_records(inp, questions)
-  print(f"{len(questions)} StrategyQA questions, {args.dtype}, levels {args.levels}, max_new_tokens "
+  print(f"{len(questions)} StrategyQA questions, {args.dtype} (kernels {args.kernels}), levels {args.levels}, max_new_tokens "
         f"{args.max_new_tokens} (CoT) / {args.summary_max_new_tokens} (summaries), chunk size "
         f"{args.chunk_size}; {os.cpu_count()} CPUs; work dir {work}", flush=True)
   env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -71,7 +72,8 @@ def main() -> None:
              str(out), "--backend", "jax", "--num_shards", str(num_shards), "--levels", args.levels,
              "--chunk_size", str(args.chunk_size), "--max_new_tokens", str(args.max_new_tokens),
              "--summary_max_new_tokens", str(args.summary_max_new_tokens),
-             "--jax_cache_dir", str(cache), "--progress_interval", "30", "--dtype", args.dtype]
+             "--jax_cache_dir", str(cache), "--progress_interval", "30", "--dtype", args.dtype,
+             "--kernels", args.kernels]
       cmd += ["--gguf", args.gguf] if args.gguf else []
       start = time.perf_counter()
       procs = [subprocess.Popen(cmd + ["--shard_index", str(i)], env=env,

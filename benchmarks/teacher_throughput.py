@@ -9,7 +9,9 @@ greedy decoding of chat prompts. Every row generates exactly ``--new-tokens``
 tokens (EOS is ignored by both backends) so the work is identical; the time
 includes prefill. Both dtypes run in both backends: "float32" is exact,
 "bfloat16" is bf16 weights (ours: bf16 x bf16 -> f32 matmuls, f32 residual;
-torch: a bf16 model). torch runs with 1 and 2 intra-op threads and the faster
+torch: a bf16 model). Ours runs bfloat16 on the hand-written AMX/AVX-512
+kernels where the CPU has them (``--kernels``, ``teacher/cpu_kernels.py``)
+and then also times the XLA path. torch runs with 1 and 2 intra-op threads and the faster
 is the baseline (on a busy machine OpenMP's spinning makes 2 threads slower).
 Ours runs with its shared-prompt-prefix prefill (the default) and without it
 (the chat template's system prompt is common to every prompt); the ratio uses
@@ -58,6 +60,9 @@ def main() -> None:
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--new-tokens", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--kernels", default="auto", choices=("auto", "xla", "amx"),
+                      help="the jax backend's kernels for bfloat16 (auto: amx where they run; "
+                           "then the xla path is timed too)")
   parser.add_argument("--torch-threads", default="1,2",
                       help="torch intra-op thread counts to try; the fastest is the baseline")
   args = parser.parse_args()
@@ -92,8 +97,13 @@ def main() -> None:
     else:
       config = dataclasses.replace(gen32.config, dtype=dtype)
       params = jax.tree.map(lambda x: x.astype(config.jnp_dtype), gen32.params)
-      gen = generation.Generator(config, params, gen32.tokenizer, stop_ids=())
+      gen = generation.Generator(config, params, gen32.tokenizer, stop_ids=(),
+                                 kernels=args.kernels)
       hf = hf32.to(getattr(torch, dtype))
+    # The XLA path beside the hand-written kernels, in the same run.
+    gen_xla = (generation.Generator(config, params, gen32.tokenizer, stop_ids=(), kernels="xla")
+               if gen.config.kernels == "amx" else None)
+    print(f"{dtype}: kernels {gen.kernels_note}", flush=True)
     for batch in batches:
       texts = [chat.user_prompt(p, fmt=gen.chat_format) for p in _prompts(batch)]
       ids = gen.tokenizer.encode_batch(texts)
@@ -107,6 +117,11 @@ def main() -> None:
       gen.generate_ids(ids, max_new_tokens=n_new)  # Compiles the unshared program.
       unshared_s = _time(lambda: gen.generate_ids(ids, max_new_tokens=n_new), args.repeats)
       gen.share_prefix = True
+      xla_note = ""
+      if gen_xla is not None:
+        gen_xla.generate_ids(ids, max_new_tokens=n_new)
+        xla_s = _time(lambda: gen_xla.generate_ids(ids, max_new_tokens=n_new), args.repeats)
+        xla_note = f"; xla path {batch * n_new / xla_s:.1f}"
 
       width = max(len(x) for x in ids)
       input_ids = torch.full((batch, width), pad, dtype=torch.long)
@@ -132,7 +147,8 @@ def main() -> None:
       torch_tps = batch * n_new / torch_times[best_threads]
       per_thread = ", ".join(f"{t} thr {batch * n_new / s:.1f}" for t, s in torch_times.items())
       print(f"{dtype:8s} batch {batch:3d}: jax {jax_tps:7.1f} tok/s (unshared prefix "
-            f"{batch * n_new / unshared_s:.1f}; first call incl. compile {compile_s:.0f}s) | "
+            f"{batch * n_new / unshared_s:.1f}{xla_note}; first call incl. compile "
+            f"{compile_s:.0f}s) | "
             f"torch {torch_tps:7.1f} tok/s ({per_thread}) | ratio {jax_tps / torch_tps:.2f}x | "
             f"first 8 tokens agree: {same}/{batch}", flush=True)
       best[batch]["jax"] = max(best[batch]["jax"], (jax_tps, dtype))

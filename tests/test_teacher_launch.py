@@ -259,7 +259,8 @@ def test_jax_backend_with_a_tiny_random_model(communities, tmp_path):
   assert meta["stats"]["requests"] == 6 + (6 - sum(f["level"] == 6 for f in meta["failures"]))
   assert meta["stats"]["completion_tokens"] <= 6 * 24 + 6 * 16
   assert meta["config"]["backend"] == {"backend": "jax", "model": "tiny_random",
-                                       "weights": "random(seed=0)", "dtype": "float32"}
+                                       "weights": "random(seed=0)", "dtype": "float32",
+                                       "kernels": "xla"}
 
 
 def test_rationale_is_the_reply_without_its_answer_sentence():

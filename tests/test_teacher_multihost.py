@@ -124,5 +124,6 @@ def test_launcher_loads_a_bfloat16_safetensors_teacher(strategy, tmp_path):
   assert sum(report.records.values()) + len(report.failures) == 4
   meta = shards.read_meta(out, 0, 1)
   assert meta["config"]["backend"] == {"backend": "jax", "model": "tiny-llama",
-                                       "weights": "tiny-llama (safetensors)", "dtype": "bfloat16"}
+                                       "weights": "tiny-llama (safetensors)", "dtype": "bfloat16",
+                                       "kernels": "xla"}
   assert meta["stats"]["completion_tokens"] > 0

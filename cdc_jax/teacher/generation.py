@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdc_jax.teacher import chat, llama, sharding
+from cdc_jax.teacher import chat, cpu_kernels, llama, sharding
 from cdc_jax.teacher import tokenizer as tokenizer_lib
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -51,7 +51,8 @@ class Generation:
   token_ids: tuple[int, ...] = ()
 
 
-def _pick_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_k: int) -> jax.Array:
+def _pick_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_k: int,
+                 kernels: str = "xla") -> jax.Array:
   """Greedy argmax if temperature == 0, else a (top-k restricted) sample."""
 
   def sample(_):
@@ -62,7 +63,10 @@ def _pick_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_
     return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
 
   # A cond, not a select: sampling noise over the vocabulary is not free on CPU.
-  return jax.lax.cond(temperature > 0, sample, lambda _: greedy_tokens(logits), None)
+  def greedy(_):
+    return cpu_kernels.argmax(logits) if kernels == "amx" else greedy_tokens(logits)
+
+  return jax.lax.cond(temperature > 0, sample, greedy, None)
 
 
 def greedy_tokens(logits: jax.Array) -> jax.Array:
@@ -111,7 +115,8 @@ def generate_tokens(
   batch, prompt_len = prompt_tokens.shape
   prefix_len = prefix_tokens.shape[1]
   prompt_mask = prompt_mask.astype(jnp.bool_)
-  ends = decode_phases(num_new)
+  # The amx attention kernel reads only the filled slots: one phase, one segment.
+  ends = decode_phases(num_new) if config.kernels == "xla" else (num_new,)
   base = prefix_len + prompt_len
   # Decode step s writes slot base + s - 1; phase k's steps fill segment k.
   bounds = [0] + [base + e - 1 for e in ends[:-1]] + [base + num_new]
@@ -129,7 +134,8 @@ def generate_tokens(
   stop = stop_ids.astype(jnp.int32)
   limits = jnp.minimum(max_new_tokens.astype(jnp.int32), num_new)
 
-  token = _pick_tokens(logits[:, 0], jax.random.fold_in(rng, 0), temperature, top_k)
+  token = _pick_tokens(logits[:, 0], jax.random.fold_in(rng, 0), temperature, top_k,
+                       config.kernels)
   inactive = ~prompt_mask.any(axis=1)
   token = jnp.where(inactive, pad_id, token)
   stopped = jnp.isin(token, stop) & ~inactive
@@ -148,7 +154,8 @@ def generate_tokens(
     logits, cache = model.apply(
         {"params": params}, token[:, None], positions=pos[:, None], cache=cache,
         attend_segments=attend)
-    token = _pick_tokens(logits[:, 0], jax.random.fold_in(rng, step), temperature, top_k)
+    token = _pick_tokens(logits[:, 0], jax.random.fold_in(rng, step), temperature, top_k,
+                         config.kernels)
     token = jnp.where(done, pad_id, token)
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
     lengths = lengths + (~done).astype(jnp.int32)
@@ -218,6 +225,31 @@ def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
   raise ValueError(f"{what} {n} exceeds the largest bucket {max(buckets)}")
 
 
+def _choose_kernels(config: llama.LlamaConfig, params: Any, kernels: str,
+                    mesh: jax.sharding.Mesh | None) -> tuple[llama.LlamaConfig, Any, str]:
+  """(config, params, note) for the requested kernels ("auto", "xla" or "amx")."""
+  if kernels not in ("auto",) + llama.KERNELS:
+    raise ValueError(f"kernels={kernels!r}: expected 'auto' or one of {llama.KERNELS}")
+  if config.kernels == "amx":  # Already packed.
+    if kernels == "xla":
+      raise ValueError("params are packed for kernels='amx'; load them again for 'xla'")
+    return config, params, "amx (params given packed)"
+  if kernels == "xla":
+    return config, params, "xla (requested)"
+  if mesh is not None or jax.default_backend() != "cpu":
+    reason = "a mesh" if mesh is not None else f"the {jax.default_backend()} backend"
+    if kernels == "amx":
+      raise ValueError(f"kernels='amx' runs on one CPU device, not on {reason}")
+    return config, params, f"xla (amx kernels do not run on {reason})"
+  reason = llama.amx_unsupported_reason(config)
+  if reason is not None:
+    if kernels == "amx":
+      raise ValueError(f"kernels='amx' cannot run this model here: {reason}")
+    return config, params, f"xla (amx kernels: {reason})"
+  config, params = llama.pack_params(params, config)
+  return config, params, "amx (hand-written CPU kernels)"
+
+
 class Generator:
   """Holds a teacher's params and tokenizer; generates completions for prompt batches.
 
@@ -225,6 +257,11 @@ class Generator:
   similar prompt length. With ``mesh``, params should already be placed on it
   (``llama_weights.load_*(mesh=...)``) and the model's logical constraints
   shard activations by ``rules``.
+
+  ``kernels``: "xla", "amx" (``llama.pack_params``: the hand-written CPU
+  kernels; one CPU device, bfloat16) or "auto": "amx" where it can run (see
+  ``llama.amx_unsupported_reason``), else "xla". ``kernels_note`` says which
+  was chosen and why.
   """
 
   def __init__(
@@ -240,15 +277,18 @@ class Generator:
       share_prefix: bool = True,
       mesh: jax.sharding.Mesh | None = None,
       rules: Sequence[tuple[str, str | None]] = sharding.TEACHER_RULES,
+      kernels: str = "auto",
   ):
     if tokenizer.vocab_size > config.vocab_size:
       raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
                        f"{config.vocab_size}")
+    config, params, self.kernels_note = _choose_kernels(config, params, kernels, mesh)
     self.config = config
     self.params = params
     self.tokenizer = tokenizer
     self.batch_buckets = tuple(sorted(batch_buckets))
-    if config.dtype != "float32" and jax.default_backend() == "cpu" and self.batch_buckets[0] == 1:
+    if (config.dtype != "float32" and config.kernels == "xla" and jax.default_backend() == "cpu"
+        and self.batch_buckets[0] == 1):
       # XLA:CPU runs a one-row bf16 matmul by converting the weights to f32 every
       # step (~10x slower); two rows take the fast bf16 -> f32 kernel.
       self.batch_buckets = tuple(sorted({max(b, 2) for b in self.batch_buckets}))

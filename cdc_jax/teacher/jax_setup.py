@@ -3,7 +3,7 @@
 Shared by the launcher and the server, so both take the same flags::
 
   --gguf FILE | --safetensors DIR | --random_tiny    (default: SmolLM2-135M-Instruct)
-  --dtype bfloat16 --max_seq_len 4096 --mesh_shape 1,8 --jax_cache_dir DIR
+  --dtype bfloat16 --kernels auto --max_seq_len 4096 --mesh_shape 1,8 --jax_cache_dir DIR
   --coordinator_address HOST:PORT --num_processes N --process_id I   (multi-host)
 
 A large teacher (e.g. LLaMA-3-70B in bfloat16) shards over a ``(data, model)``
@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-# The names of llama.DTYPES, spelt out so the launcher's flags do not import jax.
+# The names of llama.DTYPES and the kernel choices of generation.Generator, spelt
+# out so the launcher's flags do not import jax.
 DTYPES = ("bfloat16", "float16", "float32")
+KERNELS = ("auto", "xla", "amx")
 
 
 def parse_mesh_shape(text: str) -> tuple[int, int]:
@@ -46,6 +48,9 @@ def add_jax_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
   parser.add_argument("--dtype", choices=DTYPES, default="float32",
                       help="weights, KV cache and matmul inputs (bfloat16: mixed precision, "
                            "float32 residual stream and softmax)")
+  parser.add_argument("--kernels", choices=KERNELS, default="auto",
+                      help="amx: hand-written x86 CPU kernels (bfloat16, one CPU device; ~1.5x "
+                           "the XLA path at batch 32); auto: amx where they run, else xla")
   parser.add_argument("--max_seq_len", type=int, default=2048)
   parser.add_argument("--mesh_shape", type=parse_mesh_shape, default=None,
                       help="'data,model' devices to shard the teacher over (default: one "
@@ -97,6 +102,6 @@ def backend_from_flags(args: argparse.Namespace, *, seed: int = 0,
     return backends.JaxBackend.random_tiny(seed=seed, mesh=mesh)
   if args.safetensors:
     return backends.JaxBackend.from_safetensors(args.safetensors, max_seq_len=args.max_seq_len,
-                                                dtype=args.dtype, mesh=mesh)
+                                                dtype=args.dtype, mesh=mesh, kernels=args.kernels)
   return backends.JaxBackend.from_gguf(args.gguf, max_seq_len=args.max_seq_len, dtype=args.dtype,
-                                       mesh=mesh)
+                                       mesh=mesh, kernels=args.kernels)

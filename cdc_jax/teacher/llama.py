@@ -30,11 +30,15 @@ from typing import Any
 
 import flax.linen as nn
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cdc_jax.teacher import cpu_kernels
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+KERNELS = ("xla", "amx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,11 @@ class LlamaConfig:
   ``dtype`` names the parameter, KV-cache and matmul-input dtype; matmuls
   accumulate in float32 and the residual stream, norms, softmax and logits are
   float32 ("bfloat16" is mixed precision, "float32" exact).
+
+  ``kernels``: "xla" (any backend and mesh) or "amx": the hand-written x86
+  CPU kernels of ``teacher/cpu_kernels.py`` for every matmul and for decode
+  attention, on one CPU device, bfloat16 only. The params must then be packed
+  (``pack_params``) and the cache have a single segment.
   """
   vocab_size: int
   hidden: int
@@ -67,6 +76,7 @@ class LlamaConfig:
   max_seq_len: int = 2048
   dtype: str = "float32"
   rope_scaling: RopeScaling | None = None
+  kernels: str = "xla"
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden", "intermediate", "num_layers", "num_heads",
@@ -82,6 +92,10 @@ class LlamaConfig:
       raise ValueError(f"LlamaConfig.head_dim={self.head_dim} must be even for RoPE")
     if self.dtype not in DTYPES:
       raise ValueError(f"LlamaConfig.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+    if self.kernels not in KERNELS:
+      raise ValueError(f"LlamaConfig.kernels={self.kernels!r}: expected one of {KERNELS}")
+    if self.kernels == "amx" and self.dtype != "bfloat16":
+      raise ValueError(f"LlamaConfig.kernels='amx' runs bfloat16 only, not dtype={self.dtype!r}")
 
   @property
   def jnp_dtype(self) -> jnp.dtype:
@@ -250,11 +264,14 @@ class Linear(nn.Module):
   in_shape: tuple[int, ...]
   axes: tuple[str, ...]
   dtype: jnp.dtype
+  packed: bool = False  # The weight is in cpu_kernels' AMX tile order.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     weight = self.param("weight", _dense_init(self.axes), self.out_shape + self.in_shape,
                         self.dtype)
+    if self.packed:
+      return cpu_kernels.matmul(x, weight, len(self.in_shape))
     return project(x, weight, len(self.in_shape))
 
 
@@ -287,9 +304,26 @@ class Attention(nn.Module):
     cfg = self.config
     dtype = cfg.jnp_dtype
     e, h, kv, d = cfg.hidden, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = Linear((h, d), (e,), ("heads", "kv", "embed"), dtype, name="q_proj")(x)
-    k = Linear((kv, d), (e,), ("kv_heads", "kv", "embed"), dtype, name="k_proj")(x)
-    v = Linear((kv, d), (e,), ("kv_heads", "kv", "embed"), dtype, name="v_proj")(x)
+    packed = cfg.kernels == "amx"
+    o_proj = Linear((e,), (h, d), ("embed", "heads", "kv"), dtype, packed, name="o_proj")
+    batch, length = x.shape[:2]
+    groups = h // kv
+    if packed:  # One matmul for q, k and v (pack_params joins them).
+      qkv = Linear((h + 2 * kv, d), (e,), ("qkv_heads", "kv", "embed"), dtype, packed,
+                   name="qkv_proj")(x)
+      if length == 1 and layer_cache is not None and len(layer_cache[0]) == 1 and attend == 1:
+        # Decode: RoPE, the cache write and attention in one call that reads only
+        # the slots filled so far.
+        (key_cache,), (value_cache,) = layer_cache
+        out, key_cache, value_cache = cpu_kernels.decode_attention(
+            qkv[:, 0], rope[0][:, 0, 0], rope[1][:, 0, 0], key_cache, value_cache, mask[:, 0],
+            write_index, groups=groups, scale=d ** -0.5)
+        return o_proj(out.reshape(batch, 1, h, d)), ((key_cache,), (value_cache,))
+      q, k, v = qkv[:, :, :h], qkv[:, :, h:h + kv], qkv[:, :, h + kv:]
+    else:
+      q = Linear((h, d), (e,), ("heads", "kv", "embed"), dtype, name="q_proj")(x)
+      k = Linear((kv, d), (e,), ("kv_heads", "kv", "embed"), dtype, name="k_proj")(x)
+      v = Linear((kv, d), (e,), ("kv_heads", "kv", "embed"), dtype, name="v_proj")(x)
     # The softmax scale is folded into the queries (fewer elements than the scores).
     q = (apply_rope(q, *rope) * (d ** -0.5)).astype(dtype)
     k = apply_rope(k, *rope).astype(dtype)
@@ -309,10 +343,8 @@ class Attention(nn.Module):
       values = value_segs[:attend - 1] + (last_v,)
       layer_cache = (keys + key_segs[attend:], values + value_segs[attend:])
 
-    batch, length = q.shape[:2]
     # Query head i uses kv head i // groups, as transformers' repeat_kv does. The
     # (length, group) queries of one kv head form the rows of one matmul.
-    groups = h // kv
     q = q.reshape(batch, length, kv, groups, d).transpose(0, 2, 1, 3, 4)
     q = q.reshape(batch, kv, length * groups, d)
     scores = jnp.concatenate(
@@ -329,8 +361,7 @@ class Attention(nn.Module):
       start += size
     out = out.reshape(batch, kv, length, groups, d).transpose(0, 2, 1, 3, 4)
     out = _constrain(out.reshape(batch, length, h, d), ("batch", "length", "heads", "kv"))
-    out = Linear((e,), (h, d), ("embed", "heads", "kv"), dtype, name="o_proj")(out)
-    return out, layer_cache
+    return o_proj(out), layer_cache
 
 
 class Mlp(nn.Module):
@@ -342,10 +373,27 @@ class Mlp(nn.Module):
     cfg = self.config
     dtype = cfg.jnp_dtype
     e, m = cfg.hidden, cfg.intermediate
-    gate = Linear((m,), (e,), ("mlp", "embed"), dtype, name="gate_proj")(x)
-    up = Linear((m,), (e,), ("mlp", "embed"), dtype, name="up_proj")(x)
-    hidden = _constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
-    return Linear((e,), (m,), ("embed", "mlp"), dtype, name="down_proj")(hidden)
+    packed = cfg.kernels == "amx"
+    if packed:  # gate, up and silu in one call (pack_params joins the weights).
+      weight = GateUp(m, e, dtype, name="gate_up_proj").weight()
+      hidden = cpu_kernels.gated_matmul(x, weight)
+    else:
+      gate = Linear((m,), (e,), ("mlp", "embed"), dtype, name="gate_proj")(x)
+      up = Linear((m,), (e,), ("mlp", "embed"), dtype, name="up_proj")(x)
+      hidden = _constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return Linear((e,), (m,), ("embed", "mlp"), dtype, packed, name="down_proj")(hidden)
+
+
+class GateUp(nn.Module):
+  """The gate and up weights of ``kernels="amx"``, joined by ``cpu_kernels.pack_gated``."""
+  features: int
+  hidden: int
+  dtype: jnp.dtype
+
+  @nn.compact
+  def weight(self) -> jax.Array:
+    return self.param("weight", _dense_init(("mlp", "embed")), (2 * self.features, self.hidden),
+                      self.dtype)
 
 
 class DecoderLayer(nn.Module):
@@ -417,7 +465,11 @@ class Llama(nn.Module):
 
     embedding = self.param("embed_tokens", _dense_init(("vocab", "embed")),
                            (cfg.vocab_size, cfg.hidden), dtype)
-    x = jnp.take(embedding, tokens, axis=0).astype(jnp.float32)
+    packed_embedding = cfg.kernels == "amx" and cfg.tie_word_embeddings
+    if packed_embedding:
+      x = cpu_kernels.packed_rows(embedding, tokens).astype(jnp.float32)
+    else:
+      x = jnp.take(embedding, tokens, axis=0).astype(jnp.float32)
     x = _constrain(x, ("batch", "length", "embed"))
     rope = rope_tables(positions, rope_inv_freq(cfg))
     new_keys, new_values = [], []
@@ -431,10 +483,13 @@ class Llama(nn.Module):
     if last_only:
       x = x[:, -1:]
     x = RMSNorm(cfg.rms_norm_eps, dtype, name="final_norm")(x)
-    if cfg.tie_word_embeddings:
+    if packed_embedding:
+      logits = cpu_kernels.matmul(x, embedding, 1)
+    elif cfg.tie_word_embeddings:
       logits = project(x, embedding, 1)
     else:
-      logits = Linear((cfg.vocab_size,), (cfg.hidden,), ("vocab", "embed"), dtype, name="lm_head")(x)
+      logits = Linear((cfg.vocab_size,), (cfg.hidden,), ("vocab", "embed"), dtype,
+                      cfg.kernels == "amx", name="lm_head")(x)
     logits = _constrain(logits, ("batch", "length", "vocab"))
     if cache is None:
       return logits, None
@@ -454,3 +509,60 @@ def init_params(config: LlamaConfig, rng: jax.Array) -> object:
   """Random parameters (unboxed), e.g. for tests with tiny configs."""
   tokens = jnp.zeros((1, 1), jnp.int32)
   return nn.unbox(Llama(config).init(rng, tokens)["params"])
+
+
+def amx_unsupported_reason(config: LlamaConfig) -> str | None:
+  """Why ``config`` cannot run with ``kernels="amx"`` here (None if it can)."""
+  if config.dtype != "bfloat16":
+    return f"dtype {config.dtype} (the kernels are bfloat16)"
+  reason = cpu_kernels.unavailable_reason()
+  if reason is not None:
+    return reason
+  h, kv, d = config.num_heads, config.num_kv_heads, config.head_dim
+  for out_size, in_size in (((h + 2 * kv) * d, config.hidden), (config.hidden, h * d),
+                            (2 * config.intermediate, config.hidden),
+                            (config.hidden, config.intermediate),
+                            (config.vocab_size, config.hidden)):
+    reason = cpu_kernels.matmul_shape_error(out_size, in_size)
+    if reason is not None:
+      return reason
+  if config.intermediate % 16:
+    return f"intermediate size {config.intermediate} (a multiple of 16)"
+  return cpu_kernels.attention_shape_error(h // kv, d)
+
+
+def pack_params(params: Any, config: LlamaConfig) -> tuple[LlamaConfig, Any]:
+  """``(config, params)`` for ``kernels="amx"``, from the params of ``kernels="xla"``.
+
+  Every matmul weight is put in AMX tile order (``cpu_kernels.pack_weight``);
+  q/k/v join as ``attn/qkv_proj`` and gate/up as ``mlp/gate_up_proj``. Params
+  are unboxed and on one device. Raises ValueError with the reason where the
+  kernels cannot run.
+  """
+  reason = amx_unsupported_reason(config)
+  if reason is not None:
+    raise ValueError(f"kernels='amx' cannot run this model: {reason}")
+  cpu_kernels.load()
+  host = jax.tree.map(np.asarray, params)
+
+  def packed(weight: np.ndarray, num_in: int = 1) -> jax.Array:
+    return jnp.asarray(cpu_kernels.pack_weight(weight, num_in))
+
+  out = dict(host)
+  for i in range(config.num_layers):
+    layer = dict(host[f"layers_{i}"])
+    attn, mlp = layer["attn"], layer["mlp"]
+    qkv = np.concatenate([attn[n]["weight"] for n in ("q_proj", "k_proj", "v_proj")], axis=0)
+    layer["attn"] = {"qkv_proj": {"weight": packed(qkv)},
+                     "o_proj": {"weight": packed(attn["o_proj"]["weight"], 2)}}
+    layer["mlp"] = {
+        "gate_up_proj": {"weight": jnp.asarray(cpu_kernels.pack_gated(
+            mlp["gate_proj"]["weight"], mlp["up_proj"]["weight"]))},
+        "down_proj": {"weight": packed(mlp["down_proj"]["weight"])}}
+    out[f"layers_{i}"] = layer
+  if config.tie_word_embeddings:
+    out["embed_tokens"] = packed(host["embed_tokens"])
+  else:
+    out["lm_head"] = {"weight": packed(host["lm_head"]["weight"])}
+  out = jax.tree.map(jnp.asarray, out)
+  return dataclasses.replace(config, kernels="amx"), out
