@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdc_jax.teacher import cpu_kernels, generation, llama
+from cdc_jax.teacher import cpu_kernels, generation, llama, llama_amx
 from tests.test_llama_model import random_params
 
 REASON = cpu_kernels.unavailable_reason()
@@ -51,6 +51,7 @@ def test_packed_rows_is_an_embedding_lookup():
     ((1,), (64,), (32,)),            # one row: padded to a 16-row tile
     ((3, 7), (2, 48), (3, 32)),      # rows from two leading dims, multi-dim in/out
     ((48,), (96,), (64,)),           # three row tiles: an odd last one
+    ((300,), (64,), (96,)),          # prefill: 19 row tiles in blocks of 8
 ])
 def test_amx_matmul_equals_xla_dot(rows, out_shape, in_shape):
   cpu_kernels.load()
@@ -149,7 +150,7 @@ def test_argmax_is_greedy_tokens():
 @needs_kernels
 def test_amx_model_tracks_the_xla_model_and_decodes_alike():
   params = random_params(TINY)
-  amx_config, packed = llama.pack_params(params, TINY)
+  amx_config, packed = llama_amx.pack_params(params, TINY)
   assert amx_config.kernels == "amx"
   tokens = jnp.asarray(np.random.default_rng(3).integers(0, 128, (4, 12)), jnp.int32)
   xla_logits = llama.Llama(TINY).apply({"params": params}, tokens)[0]

@@ -11,8 +11,8 @@ The library is compiled on first use with the system C++ compiler against
 jaxlib's XLA FFI headers and cached under ``$CDC_JAX_KERNEL_CACHE`` (default
 ``~/.cache/cdc_jax/kernels``), keyed by the source and jaxlib version.
 ``unavailable_reason()`` says why the kernels cannot run here (not x86-64
-Linux, no AMX-BF16/AVX-512 in /proc/cpuinfo, no compiler); callers then keep
-the XLA path.
+Linux, no AMX-BF16/AVX-512 in /proc/cpuinfo, no compiler, a failed build, AMX
+state refused by the OS); callers then keep the XLA path.
 
 Packing: a weight ``[*out, *in]`` is stored in the same shape, with its
 ``N x K`` elements (``N = prod(out)``, ``K = prod(in)``) permuted to
@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 
 import jax
+import jaxlib
 import jax.numpy as jnp
 import numpy as np
 
@@ -58,7 +59,7 @@ def _cpu_flags() -> set[str]:
 
 @functools.lru_cache(maxsize=None)
 def unavailable_reason() -> str | None:
-  """None if the kernels can be built and run here, else why not."""
+  """None if the kernels are built and registered here (``load``), else why not."""
   if platform.system() != "Linux" or platform.machine() != "x86_64":
     return f"needs x86-64 Linux, this is {platform.system()} {platform.machine()}"
   missing = [f for f in _CPU_FLAGS if f not in _cpu_flags()]
@@ -66,6 +67,16 @@ def unavailable_reason() -> str | None:
     return f"the CPU lacks {', '.join(missing)} (/proc/cpuinfo)"
   if _compiler() is None:
     return "no C++ compiler ($CXX, g++ or c++) on PATH"
+  try:
+    library = ctypes.cdll.LoadLibrary(str(_build()))
+  except (OSError, RuntimeError) as error:
+    return str(error)
+  library.CdcAmxPermitted.restype = ctypes.c_bool
+  if not library.CdcAmxPermitted():
+    return "the kernel refused AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM; Linux >= 5.16)"
+  for target, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                platform="cpu")
   return None
 
 
@@ -84,7 +95,7 @@ def _cache_dir() -> pathlib.Path:
 def _build() -> pathlib.Path:
   """Compiles the kernel library (once per source and jaxlib version); returns its path."""
   source = SOURCE.read_bytes()
-  key = hashlib.sha256(source + jax.lib.__version__.encode()).hexdigest()[:16]
+  key = hashlib.sha256(source + jaxlib.__version__.encode()).hexdigest()[:16]
   target = _cache_dir() / f"amx_decode-{key}.so"
   if target.exists():
     return target
@@ -103,21 +114,14 @@ def _build() -> pathlib.Path:
   return target
 
 
-@functools.lru_cache(maxsize=None)
-def load() -> pathlib.Path:
-  """Builds (if needed) and registers the kernels with XLA:CPU; returns the library path.
+def load() -> None:
+  """Builds (once) and registers the kernels with XLA:CPU.
 
   Raises RuntimeError with ``unavailable_reason()`` where they cannot run.
   """
   reason = unavailable_reason()
   if reason is not None:
     raise RuntimeError(f"cdc_jax CPU kernels unavailable: {reason}")
-  path = _build()
-  library = ctypes.cdll.LoadLibrary(str(path))
-  for target, symbol in _TARGETS.items():
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
-                                platform="cpu")
-  return path
 
 
 def matmul_shape_error(out_size: int, in_size: int) -> str | None:

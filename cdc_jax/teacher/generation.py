@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdc_jax.teacher import chat, cpu_kernels, llama, sharding
+from cdc_jax.teacher import chat, cpu_kernels, llama, llama_amx, sharding
 from cdc_jax.teacher import tokenizer as tokenizer_lib
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -241,12 +241,12 @@ def _choose_kernels(config: llama.LlamaConfig, params: Any, kernels: str,
     if kernels == "amx":
       raise ValueError(f"kernels='amx' runs on one CPU device, not on {reason}")
     return config, params, f"xla (amx kernels do not run on {reason})"
-  reason = llama.amx_unsupported_reason(config)
+  reason = llama_amx.amx_unsupported_reason(config)
   if reason is not None:
     if kernels == "amx":
       raise ValueError(f"kernels='amx' cannot run this model here: {reason}")
     return config, params, f"xla (amx kernels: {reason})"
-  config, params = llama.pack_params(params, config)
+  config, params = llama_amx.pack_params(params, config)
   return config, params, "amx (hand-written CPU kernels)"
 
 
@@ -258,9 +258,9 @@ class Generator:
   (``llama_weights.load_*(mesh=...)``) and the model's logical constraints
   shard activations by ``rules``.
 
-  ``kernels``: "xla", "amx" (``llama.pack_params``: the hand-written CPU
+  ``kernels``: "xla", "amx" (``llama_amx.pack_params``: the hand-written CPU
   kernels; one CPU device, bfloat16) or "auto": "amx" where it can run (see
-  ``llama.amx_unsupported_reason``), else "xla". ``kernels_note`` says which
+  ``llama_amx.amx_unsupported_reason``), else "xla". ``kernels_note`` says which
   was chosen and why.
   """
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import flax.linen as nn
 import flax.struct
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,7 +60,7 @@ class LlamaConfig:
   ``kernels``: "xla" (any backend and mesh) or "amx": the hand-written x86
   CPU kernels of ``teacher/cpu_kernels.py`` for every matmul and for decode
   attention, on one CPU device, bfloat16 only. The params must then be packed
-  (``pack_params``) and the cache have a single segment.
+  (``llama_amx.pack_params``) and the cache have a single segment.
   """
   vocab_size: int
   hidden: int
@@ -308,7 +307,7 @@ class Attention(nn.Module):
     o_proj = Linear((e,), (h, d), ("embed", "heads", "kv"), dtype, packed, name="o_proj")
     batch, length = x.shape[:2]
     groups = h // kv
-    if packed:  # One matmul for q, k and v (pack_params joins them).
+    if packed:  # One matmul for q, k and v (llama_amx.pack_params joins them).
       qkv = Linear((h + 2 * kv, d), (e,), ("qkv_heads", "kv", "embed"), dtype, packed,
                    name="qkv_proj")(x)
       if length == 1 and layer_cache is not None and len(layer_cache[0]) == 1 and attend == 1:
@@ -374,7 +373,7 @@ class Mlp(nn.Module):
     dtype = cfg.jnp_dtype
     e, m = cfg.hidden, cfg.intermediate
     packed = cfg.kernels == "amx"
-    if packed:  # gate, up and silu in one call (pack_params joins the weights).
+    if packed:  # gate, up and silu in one call (llama_amx.pack_params joins the weights).
       weight = GateUp(m, e, dtype, name="gate_up_proj").weight()
       hidden = cpu_kernels.gated_matmul(x, weight)
     else:
@@ -385,7 +384,7 @@ class Mlp(nn.Module):
 
 
 class GateUp(nn.Module):
-  """The gate and up weights of ``kernels="amx"``, joined by ``cpu_kernels.pack_gated``."""
+  """The gate and up weights of ``kernels="amx"``, joined by ``llama_amx.pack_params``."""
   features: int
   hidden: int
   dtype: jnp.dtype
@@ -510,59 +509,3 @@ def init_params(config: LlamaConfig, rng: jax.Array) -> object:
   tokens = jnp.zeros((1, 1), jnp.int32)
   return nn.unbox(Llama(config).init(rng, tokens)["params"])
 
-
-def amx_unsupported_reason(config: LlamaConfig) -> str | None:
-  """Why ``config`` cannot run with ``kernels="amx"`` here (None if it can)."""
-  if config.dtype != "bfloat16":
-    return f"dtype {config.dtype} (the kernels are bfloat16)"
-  reason = cpu_kernels.unavailable_reason()
-  if reason is not None:
-    return reason
-  h, kv, d = config.num_heads, config.num_kv_heads, config.head_dim
-  for out_size, in_size in (((h + 2 * kv) * d, config.hidden), (config.hidden, h * d),
-                            (2 * config.intermediate, config.hidden),
-                            (config.hidden, config.intermediate),
-                            (config.vocab_size, config.hidden)):
-    reason = cpu_kernels.matmul_shape_error(out_size, in_size)
-    if reason is not None:
-      return reason
-  if config.intermediate % 16:
-    return f"intermediate size {config.intermediate} (a multiple of 16)"
-  return cpu_kernels.attention_shape_error(h // kv, d)
-
-
-def pack_params(params: Any, config: LlamaConfig) -> tuple[LlamaConfig, Any]:
-  """``(config, params)`` for ``kernels="amx"``, from the params of ``kernels="xla"``.
-
-  Every matmul weight is put in AMX tile order (``cpu_kernels.pack_weight``);
-  q/k/v join as ``attn/qkv_proj`` and gate/up as ``mlp/gate_up_proj``. Params
-  are unboxed and on one device. Raises ValueError with the reason where the
-  kernels cannot run.
-  """
-  reason = amx_unsupported_reason(config)
-  if reason is not None:
-    raise ValueError(f"kernels='amx' cannot run this model: {reason}")
-  cpu_kernels.load()
-  host = jax.tree.map(np.asarray, params)
-
-  def packed(weight: np.ndarray, num_in: int = 1) -> jax.Array:
-    return jnp.asarray(cpu_kernels.pack_weight(weight, num_in))
-
-  out = dict(host)
-  for i in range(config.num_layers):
-    layer = dict(host[f"layers_{i}"])
-    attn, mlp = layer["attn"], layer["mlp"]
-    qkv = np.concatenate([attn[n]["weight"] for n in ("q_proj", "k_proj", "v_proj")], axis=0)
-    layer["attn"] = {"qkv_proj": {"weight": packed(qkv)},
-                     "o_proj": {"weight": packed(attn["o_proj"]["weight"], 2)}}
-    layer["mlp"] = {
-        "gate_up_proj": {"weight": jnp.asarray(cpu_kernels.pack_gated(
-            mlp["gate_proj"]["weight"], mlp["up_proj"]["weight"]))},
-        "down_proj": {"weight": packed(mlp["down_proj"]["weight"])}}
-    out[f"layers_{i}"] = layer
-  if config.tie_word_embeddings:
-    out["embed_tokens"] = packed(host["embed_tokens"])
-  else:
-    out["lm_head"] = {"weight": packed(host["lm_head"]["weight"])}
-  out = jax.tree.map(jnp.asarray, out)
-  return dataclasses.replace(config, kernels="amx"), out

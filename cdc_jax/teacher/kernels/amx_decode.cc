@@ -92,9 +92,13 @@ void MatmulPairs(const uint16_t* x, const uint16_t* w, void* out, int64_t m, int
   _tile_loadconfig(&cfg);
   const int64_t slices = k / 32, m_tiles = m / 16;
   alignas(64) float c[32][32];  // kGated: rows x [gate 16 | up 16]
+  // Blocks of kRowTiles row tiles: a block of x and this chunk's weights stay in L2
+  // while every pair of the chunk passes over the block (prefill: thousands of rows).
+  constexpr int64_t kRowTiles = 8;
+  for (int64_t m0 = 0; m0 < m_tiles; m0 += kRowTiles)
   for (int64_t p = pair_begin; p < pair_end; ++p) {
     const uint16_t* wp = w + p * slices * 1024;
-    for (int64_t mt = 0; mt < m_tiles; mt += 2) {
+    for (int64_t mt = m0; mt < std::min(m_tiles, m0 + kRowTiles); mt += 2) {
       const bool two = mt + 1 < m_tiles;
       const uint16_t* x0 = x + mt * 16 * k;
       const uint16_t* x1 = x0 + 16 * k;
@@ -391,6 +395,9 @@ ffi::Error AttendImpl(ffi::ThreadPool pool, ffi::AnyBuffer qkv, ffi::AnyBuffer c
   });
   return ffi::Error::Success();
 }
+
+// Whether this process may use AMX tiles (Linux >= 5.16 grants them on request).
+extern "C" bool CdcAmxPermitted() { return kAmxPermitted; }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CdcAmxMatmul, MatmulImpl<false>,
                               ffi::Ffi::Bind()
