@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 SOURCE = pathlib.Path(__file__).parent / "kernels" / "amx_decode.cc"
-_CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512f")
+_CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512f", "avx512bw", "avx512_bf16")
 _TARGETS = {"cdc_amx_matmul": "CdcAmxMatmul", "cdc_amx_gated_matmul": "CdcAmxGatedMatmul",
             "cdc_argmax": "CdcArgmax", "cdc_decode_attention": "CdcDecodeAttention"}
 MAX_GROUPS = 16
@@ -105,7 +105,7 @@ def _build() -> pathlib.Path:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
   os.close(fd)
   cmd = [_compiler(), "-O3", "-std=c++17", "-shared", "-fPIC", "-mamx-tile", "-mamx-bf16",
-         "-mavx512f", "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+         "-mavx512f", "-mavx512bw", "-mavx512bf16", "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
   result = subprocess.run(cmd, capture_output=True, text=True)
   if result.returncode:
     os.unlink(tmp)

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -59,7 +60,14 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t chunks, Fn fn) {
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks) - 1;
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->Work(); });
   job->Work();
-  while (job->done.load(std::memory_order_acquire) < chunks) _mm_pause();
+  // Spin briefly (chunks take microseconds), then yield: another process may share the cores.
+  for (int spins = 0; job->done.load(std::memory_order_acquire) < chunks; ++spins) {
+    if (spins < 4096) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -200,20 +208,24 @@ inline void Prefetch(const uint16_t* row, int64_t d) {
   for (int64_t i = 0; i < d; i += 32) _mm_prefetch(reinterpret_cast<const char*>(row + i), _MM_HINT_T0);
 }
 
-// scores[g, t] = q[g] . k[t] (f32 sums of bf16 products).
+// scores[g, t] = q[g] . k[t]: bf16 pairs multiplied and summed in f32 (vdpbf16ps).
 void Scores(const uint16_t* q, const uint16_t* k, int64_t slots, int64_t groups, int64_t d,
             float* scores) {
-  const int64_t vecs = d / 16;
-  __m512 qf[kMaxGroups][kMaxHeadDim / 16];
+  const int64_t vecs = (d + 31) / 32;  // 32 bf16 per register; the last may be partial.
+  const __mmask32 last = d % 32 ? static_cast<__mmask32>((1ull << (d % 32)) - 1) : ~0u;
+  auto load = [&](const uint16_t* p, int64_t j) {
+    return (__m512bh)_mm512_maskz_loadu_epi16(j + 1 == vecs ? last : ~0u, p + j * 32);
+  };
+  __m512bh qv[kMaxGroups][kMaxHeadDim / 32];
   for (int64_t g = 0; g < groups; ++g)
-    for (int64_t j = 0; j < vecs; ++j) qf[g][j] = LoadBf16(q + g * d + j * 16);
+    for (int64_t j = 0; j < vecs; ++j) qv[g][j] = load(q + g * d, j);
   for (int64_t t = 0; t < slots; ++t) {
     if (t + kAhead < slots) Prefetch(k + (t + kAhead) * d, d);
-    __m512 kf[kMaxHeadDim / 16];
-    for (int64_t j = 0; j < vecs; ++j) kf[j] = LoadBf16(k + t * d + j * 16);
+    __m512bh kv[kMaxHeadDim / 32];
+    for (int64_t j = 0; j < vecs; ++j) kv[j] = load(k + t * d, j);
     for (int64_t g = 0; g < groups; ++g) {
-      __m512 acc = _mm512_mul_ps(qf[g][0], kf[0]);
-      for (int64_t j = 1; j < vecs; ++j) acc = _mm512_fmadd_ps(qf[g][j], kf[j], acc);
+      __m512 acc = _mm512_dpbf16_ps(_mm512_setzero_ps(), qv[g][0], kv[0]);
+      for (int64_t j = 1; j < vecs; ++j) acc = _mm512_dpbf16_ps(acc, qv[g][j], kv[j]);
       scores[g * slots + t] = _mm512_reduce_add_ps(acc);
     }
   }
@@ -244,8 +256,13 @@ void AttendOne(const uint16_t* q, const uint16_t* k, const uint16_t* v, const bo
       _mm512_mask_storeu_ps(s + t, live, e);
       sum = _mm512_add_ps(sum, e);
     }
-    const float inv = 1.0f / _mm512_reduce_add_ps(sum);
-    for (int64_t t = 0; t < slots; ++t) probs[g * slots + t] = Bf16ToFloat(FloatToBf16(s[t] * inv));
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (int64_t t = 0; t < slots; t += 16) {  // bf16-rounded, kept as f32 for the FMAs.
+      const __mmask16 live =
+          slots - t >= 16 ? 0xffff : static_cast<__mmask16>((1u << (slots - t)) - 1);
+      const __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, s + t), inv);
+      _mm512_mask_storeu_ps(probs + g * slots + t, live, _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(p)));
+    }
   }
   __m512 acc[kMaxGroups][kMaxHeadDim / 16];
   for (int64_t g = 0; g < groups; ++g)
@@ -335,6 +352,19 @@ ffi::Error ArgmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer logits, ffi::Result<f
 inline void RopeToBf16(const float* x, const float* cos, const float* sin, float scale,
                        int64_t d, uint16_t* out) {
   const int64_t half = d / 2;
+  if (half % 16 == 0) {  // 16 lanes at a time; vcvtneps2bf16 rounds to nearest even.
+    const __m512 sv = _mm512_set1_ps(scale);
+    for (int64_t i = 0; i < d; i += 16) {
+      const __m512 rotated = i < half ? _mm512_sub_ps(_mm512_setzero_ps(),
+                                                      _mm512_loadu_ps(x + i + half))
+                                      : _mm512_loadu_ps(x + i - half);
+      const __m512 v = _mm512_mul_ps(
+          _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(cos + i)),
+                        _mm512_mul_ps(rotated, _mm512_loadu_ps(sin + i))), sv);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), (__m256i)_mm512_cvtneps_pbh(v));
+    }
+    return;
+  }
   for (int64_t i = 0; i < d; ++i) {
     const float rotated = i < half ? -x[i + half] : x[i - half];
     out[i] = FloatToBf16((x[i] * cos[i] + rotated * sin[i]) * scale);
