@@ -58,7 +58,8 @@ def main() -> None:
   work = Path(tempfile.mkdtemp(prefix="launcher_throughput_"))
   inp = work / "questions.jsonl"
   records_lib.write_records(inp, questions)
-  print(f"{len(questions)} StrategyQA questions, {args.dtype} (kernels {args.kernels}), levels {args.levels}, max_new_tokens "
+  print(f"{len(questions)} StrategyQA questions, {args.dtype} (kernels {args.kernels}), levels "
+        f"{args.levels}, max_new_tokens "
         f"{args.max_new_tokens} (CoT) / {args.summary_max_new_tokens} (summaries), chunk size "
         f"{args.chunk_size}; {os.cpu_count()} CPUs; work dir {work}", flush=True)
   env = dict(os.environ, PYTHONPATH=str(REPO))

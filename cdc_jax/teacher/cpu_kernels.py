@@ -34,8 +34,8 @@ import subprocess
 import tempfile
 
 import jax
-import jaxlib
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 SOURCE = pathlib.Path(__file__).parent / "kernels" / "amx_decode.cc"
@@ -69,13 +69,13 @@ def unavailable_reason() -> str | None:
     return "no C++ compiler ($CXX, g++ or c++) on PATH"
   try:
     library = ctypes.cdll.LoadLibrary(str(_build()))
-  except (OSError, RuntimeError) as error:
-    return str(error)
+  except (OSError, RuntimeError) as error:  # A failed build names its command and errors.
+    return str(error)[:2000]
   library.CdcAmxPermitted.restype = ctypes.c_bool
   if not library.CdcAmxPermitted():
     return "the kernel refused AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM; Linux >= 5.16)"
-  for target, symbol in _TARGETS.items():
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+  for name, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(_target(name), jax.ffi.pycapsule(getattr(library, symbol)),
                                 platform="cpu")
   return None
 
@@ -92,11 +92,24 @@ def _cache_dir() -> pathlib.Path:
   return pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "cdc_jax" / "kernels"
 
 
+@functools.lru_cache(maxsize=None)
+def _key() -> str:
+  """Names this build: the source and the jaxlib version it is compiled against."""
+  return hashlib.sha256(SOURCE.read_bytes() + jaxlib.__version__.encode()).hexdigest()[:16]
+
+
+def _target(name: str) -> str:
+  """The registered FFI name of kernel ``name``.
+
+  It carries the build key, so a program in a persistent compilation cache
+  never calls a kernel of another build (the cache key covers the HLO only).
+  """
+  return f"{name}_{_key()}"
+
+
 def _build() -> pathlib.Path:
   """Compiles the kernel library (once per source and jaxlib version); returns its path."""
-  source = SOURCE.read_bytes()
-  key = hashlib.sha256(source + jaxlib.__version__.encode()).hexdigest()[:16]
-  target = _cache_dir() / f"amx_decode-{key}.so"
+  target = _cache_dir() / f"amx_decode-{_key()}.so"
   if target.exists():
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +118,8 @@ def _build() -> pathlib.Path:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
   os.close(fd)
   cmd = [_compiler(), "-O3", "-std=c++17", "-shared", "-fPIC", "-mamx-tile", "-mamx-bf16",
-         "-mavx512f", "-mavx512bw", "-mavx512bf16", "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+         "-mavx512f", "-mavx512bw", "-mavx512bf16", "-I", jax.ffi.include_dir(), str(SOURCE),
+         "-o", tmp]
   result = subprocess.run(cmd, capture_output=True, text=True)
   if result.returncode:
     os.unlink(tmp)
@@ -174,7 +188,7 @@ def matmul(x: jax.Array, packed: jax.Array, num_in: int) -> jax.Array:
   """``x[..., *in] -> [..., *out]`` (float32) for a packed weight ``[*out, *in]``."""
   out_shape = packed.shape[:packed.ndim - num_in]
   flat, lead, rows = _rows(x, num_in)
-  y = jax.ffi.ffi_call("cdc_amx_matmul", jax.ShapeDtypeStruct(
+  y = jax.ffi.ffi_call(_target("cdc_amx_matmul"), jax.ShapeDtypeStruct(
       (flat.shape[0], math.prod(out_shape)), jnp.float32))(flat, packed)
   return y[:rows].reshape(lead + out_shape)
 
@@ -196,7 +210,7 @@ def gated_matmul(x: jax.Array, packed: jax.Array) -> jax.Array:
   """``bf16(silu(x . gate^T) * (x . up^T))`` ``[..., m]`` for ``pack_gated`` weights ``[2m, k]``."""
   flat, lead, rows = _rows(x, 1)
   width = packed.shape[0] // 2
-  h = jax.ffi.ffi_call("cdc_amx_gated_matmul", jax.ShapeDtypeStruct(
+  h = jax.ffi.ffi_call(_target("cdc_amx_gated_matmul"), jax.ShapeDtypeStruct(
       (flat.shape[0], width), jnp.bfloat16))(flat, packed)
   return h[:rows].reshape(lead + (width,))
 
@@ -205,7 +219,8 @@ def argmax(logits: jax.Array) -> jax.Array:
   """int32 ``argmax`` over the last axis (first index on ties) of float32 logits."""
   lead = logits.shape[:-1]
   flat = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
-  ids = jax.ffi.ffi_call("cdc_argmax", jax.ShapeDtypeStruct(flat.shape[:1], jnp.int32))(flat)
+  ids = jax.ffi.ffi_call(_target("cdc_argmax"),
+                         jax.ShapeDtypeStruct(flat.shape[:1], jnp.int32))(flat)
   return ids.reshape(lead)
 
 
@@ -237,6 +252,7 @@ def decode_attention(qkv: jax.Array, cos: jax.Array, sin: jax.Array, keys: jax.A
             jax.ShapeDtypeStruct(keys.shape, keys.dtype),
             jax.ShapeDtypeStruct(values.shape, values.dtype))
   f32 = jnp.float32
-  return jax.ffi.ffi_call("cdc_decode_attention", shapes, input_output_aliases={3: 1, 4: 2})(
+  return jax.ffi.ffi_call(_target("cdc_decode_attention"), shapes,
+                          input_output_aliases={3: 1, 4: 2})(
       qkv.reshape(batch, -1).astype(f32), cos.astype(f32), sin.astype(f32), keys, values,
       valid.astype(jnp.bool_), jnp.asarray(index, jnp.int32), scale=np.float32(scale))

@@ -18,8 +18,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -84,7 +84,6 @@ struct alignas(64) TileConfig {
 };
 
 inline __m512 Exp(__m512 x);
-inline uint16_t FloatToBf16(float f);
 
 // Column pairs [pair_begin, pair_end) of x . W^T; x rows are a multiple of 16.
 // kGated: each pair is (gate block, up block) of 16 features, and the output is
@@ -150,9 +149,8 @@ void MatmulPairs(const uint16_t* x, const uint16_t* w, void* out, int64_t m, int
           const __m512 e = Exp(_mm512_sub_ps(_mm512_setzero_ps(), gate));
           const __m512 v = _mm512_div_ps(_mm512_mul_ps(gate, up),
                                          _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-          alignas(64) float lanes[16];
-          _mm512_store_ps(lanes, v);
-          for (int i = 0; i < 16; ++i) h[r * width + i] = FloatToBf16(lanes[i]);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + r * width),
+                              (__m256i)_mm512_cvtneps_pbh(v));  // Round to nearest even.
         }
       }
     }
@@ -171,13 +169,6 @@ inline __m512 LoadBf16(const uint16_t* p) {  // 16 bf16 -> 16 f32, exactly.
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-inline float Bf16ToFloat(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 inline uint16_t FloatToBf16(float f) {  // Round to nearest even, as XLA's convert.
   uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -186,7 +177,8 @@ inline uint16_t FloatToBf16(float f) {  // Round to nearest even, as XLA's conve
   return static_cast<uint16_t>(u >> 16);
 }
 
-inline __m512 Exp(__m512 x) {  // e^x for x <= 0 (Cephes' expf polynomial).
+// e^x (Cephes' expf polynomial); e^-87.3 below -87.3, +inf above ~88.7.
+inline __m512 Exp(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -205,7 +197,8 @@ inline __m512 Exp(__m512 x) {  // e^x for x <= 0 (Cephes' expf polynomial).
 constexpr int64_t kAhead = 16;  // Slots prefetched ahead: the cache streams from L3/DRAM.
 
 inline void Prefetch(const uint16_t* row, int64_t d) {
-  for (int64_t i = 0; i < d; i += 32) _mm_prefetch(reinterpret_cast<const char*>(row + i), _MM_HINT_T0);
+  for (int64_t i = 0; i < d; i += 32)
+    _mm_prefetch(reinterpret_cast<const char*>(row + i), _MM_HINT_T0);
 }
 
 // scores[g, t] = q[g] . k[t]: bf16 pairs multiplied and summed in f32 (vdpbf16ps).
@@ -309,7 +302,8 @@ ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
 }
 
 // logits [m, n] f32 -> int32 [m]: the first index of each row's maximum.
-ffi::Error ArgmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer logits, ffi::Result<ffi::AnyBuffer> ids) {
+ffi::Error ArgmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer logits,
+                      ffi::Result<ffi::AnyBuffer> ids) {
   const auto ld = logits.dimensions();
   if (ld.size() != 2 || ld[1] < 1) return ffi::Error::InvalidArgument("cdc_argmax: logits [m, n]");
   const int64_t m = ld[0], n = ld[1];
@@ -348,9 +342,18 @@ ffi::Error ArgmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer logits, ffi::Result<f
   return ffi::Error::Success();
 }
 
-// Rotates x [d] by RoPE (rotate-half convention) and scales it: bf16(scale * (x cos + rot(x) sin)).
+// x [d] rotated by RoPE (rotate-half convention) and scaled:
+// bf16(scale * (x cos + rot(x) sin)).
+// Without cos/sin (nullptr): bf16(scale * x).
 inline void RopeToBf16(const float* x, const float* cos, const float* sin, float scale,
                        int64_t d, uint16_t* out) {
+  if (cos == nullptr) {
+    for (int64_t i = 0; i < d; i += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(
+                              _mm512_loadu_ps(x + i), _mm512_set1_ps(scale))));
+    return;
+  }
   const int64_t half = d / 2;
   if (half % 16 == 0) {  // 16 lanes at a time; vcvtneps2bf16 rounds to nearest even.
     const __m512 sv = _mm512_set1_ps(scale);
@@ -384,7 +387,8 @@ ffi::Error AttendImpl(ffi::ThreadPool pool, ffi::AnyBuffer qkv, ffi::AnyBuffer c
                       float scale) {
   const auto od = out->dimensions(), kd = keys.dimensions();
   if (od.size() != 4 || kd.size() != 4 || kd[0] != od[0] || kd[1] != od[1] || kd[3] != od[3])
-    return ffi::Error::InvalidArgument("cdc_decode_attention: out [b, kv, g, d], keys [b, kv, s, d]");
+    return ffi::Error::InvalidArgument(
+        "cdc_decode_attention: out [b, kv, g, d], keys [b, kv, s, d]");
   const int64_t batch = od[0], kv = od[1], groups = od[2], d = od[3], cache = kd[2];
   const int64_t heads = kv * groups, stride = (heads + 2 * kv) * d;
   if (groups > kMaxGroups || d % 16 || d > kMaxHeadDim)
@@ -392,8 +396,9 @@ ffi::Error AttendImpl(ffi::ThreadPool pool, ffi::AnyBuffer qkv, ffi::AnyBuffer c
   if (qkv.element_count() != static_cast<size_t>(batch * stride) ||
       cos.element_count() != static_cast<size_t>(batch * d))
     return ffi::Error::InvalidArgument("cdc_decode_attention: qkv or cos has the wrong size");
-  const int64_t slot = std::clamp<int64_t>(
-      *reinterpret_cast<const int32_t*>(index.untyped_data()), 0, cache - 1);
+  const int64_t slot = *reinterpret_cast<const int32_t*>(index.untyped_data());
+  if (slot < 0 || slot >= cache)
+    return ffi::Error::InvalidArgument("cdc_decode_attention: index outside the cache");
   const auto* xp = reinterpret_cast<const float*>(qkv.untyped_data());
   const auto* cp = reinterpret_cast<const float*>(cos.untyped_data());
   const auto* sp = reinterpret_cast<const float*>(sin.untyped_data());
@@ -416,7 +421,7 @@ ffi::Error AttendImpl(ffi::ThreadPool pool, ffi::AnyBuffer qkv, ffi::AnyBuffer c
       uint16_t* vi = vp + i * cache * d;
       RopeToBf16(row + (heads + h) * d, cp + b * d, sp + b * d, 1.0f, d, ki + slot * d);
       const float* v_new = row + (heads + kv + h) * d;
-      for (int64_t j = 0; j < d; ++j) vi[slot * d + j] = FloatToBf16(v_new[j]);
+      RopeToBf16(v_new, nullptr, nullptr, 1.0f, d, vi + slot * d);
       for (int64_t g = 0; g < groups; ++g)
         RopeToBf16(row + (h * groups + g) * d, cp + b * d, sp + b * d, scale, d, qb + g * d);
       AttendOne(qb, ki, vi, mp + b * cache, slot + 1, groups, d, op + i * groups * d,
