@@ -160,11 +160,16 @@ def test_amx_model_tracks_the_xla_model_and_decodes_alike():
   xla_gen = generation.Generator(TINY, params, _tokenizer(), stop_ids=(), kernels="xla")
   amx_gen = generation.Generator(TINY, params, _tokenizer(), stop_ids=(), kernels="auto")
   assert amx_gen.config.kernels == "amx" and amx_gen.kernels_note.startswith("amx")
-  prompts = [[5, 9, 3, 7], [11, 2], [4, 4, 4, 4, 4, 4, 4]]
-  xla_out = xla_gen.generate_ids(prompts, max_new_tokens=20)
-  amx_out = amx_gen.generate_ids(prompts, max_new_tokens=20)
-  # Random peaked weights (scale 0.3): the bf16 rounding differences do not flip greedy picks.
-  assert [t for t, _, _ in amx_out] == [t for t, _, _ in xla_out]
+  shared = list(range(20, 40))  # A 16-token shared prefix is prefilled once (batch 1).
+  prompts = [[5, 9, 3, 7], [11, 2], [4, 4, 4, 4, 4, 4, 4], shared + [1, 2], shared + [7]]
+  assert amx_gen.shared_prefix_length(prompts[3:]) == 16
+  for batch in (prompts[:3], prompts[3:]):
+    xla_out = xla_gen.generate_ids(batch, max_new_tokens=20)
+    amx_out = amx_gen.generate_ids(batch, max_new_tokens=20)
+    # Random peaked weights (scale 0.3): the bf16 rounding differences do not flip greedy picks.
+    assert [t for t, _, _ in amx_out] == [t for t, _, _ in xla_out]
+  sampled = amx_gen.generate_ids(prompts, max_new_tokens=8, temperature=1.0, top_k=5, seed=1)
+  assert all(len(t) == 8 and all(0 <= i < TINY.vocab_size for i in t) for t, _, _ in sampled)
 
 
 class _Tokenizer:
