@@ -19,6 +19,10 @@ stored ``[out, in]`` as in Hugging Face checkpoints (contracting the last axis
 of both operands runs up to 2x faster at decode batch sizes than ``[in, out]``),
 and the cache keeps each KV head's keys contiguous over time, so attention is
 a batched matmul with no per-step transpose of the cache.
+
+With ``LlamaConfig.kernels="amx"`` the matmuls and decode attention run on the
+hand-written x86 kernels of ``teacher/cpu_kernels.py`` instead, on params
+packed by ``teacher/llama_amx.py`` (q/k/v and gate/up joined).
 """
 
 from __future__ import annotations
