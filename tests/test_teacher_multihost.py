@@ -80,9 +80,15 @@ def test_mesh_shape_flag_is_checked():
     launch.parse_args(["--input", "x", "--out", "y", "--gguf", "a.gguf", "--safetensors", "d"])
   args = launch.parse_args(["--input", "x", "--out", "y", "--mesh_shape", "1,8",
                             "--dtype", "bfloat16"])
-  assert args.mesh_shape == (1, 8) and args.dtype == "bfloat16"
+  assert args.mesh_shape == (1, 8) and args.dtype == "bfloat16" and args.kernels == "auto"
+  with pytest.raises(SystemExit):
+    launch.parse_args(["--input", "x", "--out", "y", "--kernels", "fast"])
   from cdc_jax.teacher import jax_setup, llama
   assert sorted(jax_setup.DTYPES) == sorted(llama.DTYPES)
+  assert jax_setup.KERNELS == ("auto",) + llama.KERNELS
+  tiny_amx = launch.parse_args(["--input", "x", "--out", "y", "--random_tiny", "--kernels", "amx"])
+  with pytest.raises(ValueError, match="--random_tiny runs on the XLA path; drop --kernels amx"):
+    jax_setup.backend_from_flags(tiny_amx)
 
 
 def _tiny_hf_dir(path: Path) -> Path:

@@ -87,6 +87,10 @@ def backend_from_flags(args: argparse.Namespace, *, seed: int = 0,
   from cdc_jax import distributed
   from cdc_jax.teacher import backends
 
+  if args.random_tiny and args.dtype != "float32":
+    raise ValueError("--random_tiny is float32 only; drop --dtype")
+  if args.random_tiny and args.kernels == "amx":
+    raise ValueError("--random_tiny runs on the XLA path; drop --kernels amx")
   if not multihost and (args.coordinator_address or args.num_processes
                         or os.environ.get("CDC_COORDINATOR_ADDRESS")):
     raise ValueError("this command runs on one host (--mesh_shape over its devices); a "
@@ -97,8 +101,6 @@ def backend_from_flags(args: argparse.Namespace, *, seed: int = 0,
     backends.enable_compilation_cache(args.jax_cache_dir)
   mesh = make_mesh(args.mesh_shape)
   if args.random_tiny:
-    if args.dtype != "float32":
-      raise ValueError("--random_tiny is float32 only; drop --dtype")
     return backends.JaxBackend.random_tiny(seed=seed, mesh=mesh)
   if args.safetensors:
     return backends.JaxBackend.from_safetensors(args.safetensors, max_seq_len=args.max_seq_len,
