@@ -83,6 +83,7 @@ def backend_from_flags(args: argparse.Namespace, *, seed: int = 0,
   the multi-host flags and environment instead of joining a system.
   """
   import os
+  import sys
 
   from cdc_jax import distributed
   from cdc_jax.teacher import backends
@@ -101,9 +102,14 @@ def backend_from_flags(args: argparse.Namespace, *, seed: int = 0,
     backends.enable_compilation_cache(args.jax_cache_dir)
   mesh = make_mesh(args.mesh_shape)
   if args.random_tiny:
-    return backends.JaxBackend.random_tiny(seed=seed, mesh=mesh)
-  if args.safetensors:
-    return backends.JaxBackend.from_safetensors(args.safetensors, max_seq_len=args.max_seq_len,
-                                                dtype=args.dtype, mesh=mesh, kernels=args.kernels)
-  return backends.JaxBackend.from_gguf(args.gguf, max_seq_len=args.max_seq_len, dtype=args.dtype,
-                                       mesh=mesh, kernels=args.kernels)
+    backend = backends.JaxBackend.random_tiny(seed=seed, mesh=mesh)
+  elif args.safetensors:
+    backend = backends.JaxBackend.from_safetensors(
+        args.safetensors, max_seq_len=args.max_seq_len, dtype=args.dtype, mesh=mesh,
+        kernels=args.kernels)
+  else:
+    backend = backends.JaxBackend.from_gguf(args.gguf, max_seq_len=args.max_seq_len,
+                                            dtype=args.dtype, mesh=mesh, kernels=args.kernels)
+  print(f"jax teacher {backend.teacher} ({args.dtype}): kernels {backend.generator.kernels_note}",
+        file=sys.stderr, flush=True)
+  return backend
