@@ -57,14 +57,22 @@ def _cpu_flags() -> set[str]:
   return set()
 
 
-@functools.lru_cache(maxsize=None)
-def unavailable_reason() -> str | None:
-  """None if the kernels are built and registered here (``load``), else why not."""
+def hardware_reason() -> str | None:
+  """Why this machine cannot run the kernels at all (None: x86-64 Linux with the CPU flags)."""
   if platform.system() != "Linux" or platform.machine() != "x86_64":
     return f"needs x86-64 Linux, this is {platform.system()} {platform.machine()}"
   missing = [f for f in _CPU_FLAGS if f not in _cpu_flags()]
   if missing:
     return f"the CPU lacks {', '.join(missing)} (/proc/cpuinfo)"
+  return None
+
+
+@functools.lru_cache(maxsize=None)
+def unavailable_reason() -> str | None:
+  """None if the kernels are built and registered here (``load``), else why not."""
+  reason = hardware_reason()
+  if reason is not None:
+    return reason
   if _compiler() is None:
     return "no C++ compiler ($CXX, g++ or c++) on PATH"
   try:

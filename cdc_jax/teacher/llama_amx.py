@@ -34,8 +34,6 @@ def amx_unsupported_reason(config: LlamaConfig) -> str | None:
     reason = cpu_kernels.matmul_shape_error(out_size, in_size)
     if reason is not None:
       return reason
-  if config.intermediate % 16:
-    return f"intermediate size {config.intermediate} (a multiple of 16)"
   return cpu_kernels.attention_shape_error(h // kv, d)
 
 
@@ -52,8 +50,8 @@ def pack_params(params: Any, config: LlamaConfig) -> tuple[LlamaConfig, Any]:
   cpu_kernels.load()
   host = jax.tree.map(np.asarray, params)
 
-  def packed(weight: np.ndarray, num_in: int = 1) -> jax.Array:
-    return jnp.asarray(cpu_kernels.pack_weight(weight, num_in))
+  def packed(weight: np.ndarray, num_in: int = 1) -> np.ndarray:
+    return cpu_kernels.pack_weight(weight, num_in)
 
   out = dict(host)
   for i in range(config.num_layers):
@@ -63,13 +61,13 @@ def pack_params(params: Any, config: LlamaConfig) -> tuple[LlamaConfig, Any]:
     layer["attn"] = {"qkv_proj": {"weight": packed(qkv)},
                      "o_proj": {"weight": packed(attn["o_proj"]["weight"], 2)}}
     layer["mlp"] = {
-        "gate_up_proj": {"weight": jnp.asarray(cpu_kernels.pack_gated(
-            mlp["gate_proj"]["weight"], mlp["up_proj"]["weight"]))},
+        "gate_up_proj": {"weight": cpu_kernels.pack_gated(mlp["gate_proj"]["weight"],
+                                                          mlp["up_proj"]["weight"])},
         "down_proj": {"weight": packed(mlp["down_proj"]["weight"])}}
     out[f"layers_{i}"] = layer
   if config.tie_word_embeddings:
     out["embed_tokens"] = packed(host["embed_tokens"])
   else:
     out["lm_head"] = {"weight": packed(host["lm_head"]["weight"])}
-  out = jax.tree.map(jnp.asarray, out)
+  out = jax.tree.map(jnp.asarray, out)  # One device copy of every leaf.
   return dataclasses.replace(config, kernels="amx"), out

@@ -368,16 +368,8 @@ ffi::Error ArgmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer logits,
 
 // x [d] rotated by RoPE (rotate-half convention) and scaled:
 // bf16(scale * (x cos + rot(x) sin)).
-// Without cos/sin (nullptr): bf16(scale * x).
 inline void RopeToBf16(const float* x, const float* cos, const float* sin, float scale,
                        int64_t d, uint16_t* out) {
-  if (cos == nullptr) {
-    for (int64_t i = 0; i < d; i += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
-                          (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(
-                              _mm512_loadu_ps(x + i), _mm512_set1_ps(scale))));
-    return;
-  }
   const int64_t half = d / 2;
   if (half % 16 == 0) {  // 16 lanes at a time; vcvtneps2bf16 rounds to nearest even.
     const __m512 sv = _mm512_set1_ps(scale);
@@ -396,6 +388,13 @@ inline void RopeToBf16(const float* x, const float* cos, const float* sin, float
     const float rotated = i < half ? -x[i + half] : x[i - half];
     out[i] = FloatToBf16((x[i] * cos[i] + rotated * sin[i]) * scale);
   }
+}
+
+// bf16(x [d]), d a multiple of 16, rounded to nearest even.
+inline void ToBf16(const float* x, int64_t d, uint16_t* out) {
+  for (int64_t i = 0; i < d; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                        (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
 }
 
 // A decode step's attention for one new token per row, fused with its cache write:
@@ -436,7 +435,10 @@ ffi::Error AttendImpl(ffi::ThreadPool pool, ffi::AnyBuffer qkv, ffi::AnyBuffer c
   auto* op = reinterpret_cast<float*>(out->untyped_data());
   const int64_t items = batch * kv, chunks = ChunksFor(items, pool.num_threads());
   ParallelFor(pool, chunks, [=](int64_t c) {
-    std::vector<float> scores(groups * (slot + 1)), probs(groups * (slot + 1));
+    // Scratch kept per thread: a decode step makes one call per layer.
+    thread_local std::vector<float> scores, probs;
+    scores.resize(groups * (slot + 1));
+    probs.resize(groups * (slot + 1));
     uint16_t qb[kMaxGroups * kMaxHeadDim];
     for (int64_t i = items * c / chunks, e = items * (c + 1) / chunks; i < e; ++i) {
       const int64_t b = i / kv, h = i % kv;
@@ -444,8 +446,7 @@ ffi::Error AttendImpl(ffi::ThreadPool pool, ffi::AnyBuffer qkv, ffi::AnyBuffer c
       uint16_t* ki = kp + i * cache * d;
       uint16_t* vi = vp + i * cache * d;
       RopeToBf16(row + (heads + h) * d, cp + b * d, sp + b * d, 1.0f, d, ki + slot * d);
-      const float* v_new = row + (heads + kv + h) * d;
-      RopeToBf16(v_new, nullptr, nullptr, 1.0f, d, vi + slot * d);
+      ToBf16(row + (heads + kv + h) * d, d, vi + slot * d);
       for (int64_t g = 0; g < groups; ++g)
         RopeToBf16(row + (h * groups + g) * d, cp + b * d, sp + b * d, scale, d, qb + g * d);
       AttendOne(qb, ki, vi, mp + b * cache, slot + 1, groups, d, op + i * groups * d,
@@ -458,19 +459,14 @@ ffi::Error AttendImpl(ffi::ThreadPool pool, ffi::AnyBuffer qkv, ffi::AnyBuffer c
 // Whether this process may use AMX tiles (Linux >= 5.16 grants them on request).
 extern "C" bool CdcAmxPermitted() { return kAmxPermitted; }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CdcAmxMatmul, MatmulImpl<false>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+// Both matmuls: (x, packed weight) -> out.
+auto MatmulBinding() {
+  return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>();
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CdcAmxGatedMatmul, MatmulImpl<true>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CdcAmxMatmul, MatmulImpl<false>, MatmulBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CdcAmxGatedMatmul, MatmulImpl<true>, MatmulBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CdcArgmax, ArgmaxImpl,
                               ffi::Ffi::Bind()
