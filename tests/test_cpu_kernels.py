@@ -8,7 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdc_jax.teacher import cpu_kernels, generation, llama, llama_amx
+from cdc_jax.cpu_kernels import ffi as cpu_kernels
+from cdc_jax.cpu_kernels import llama_ops
+from cdc_jax.models import llama
+from cdc_jax.teacher import generation
 from tests.test_llama_model import random_params
 
 # Only hardware without AMX skips. On a CPU that has it, a kernel that does not
@@ -157,23 +160,24 @@ def test_argmax_is_greedy_tokens():
   logits[4] = -np.inf
   logits = jnp.asarray(logits)
   got = jax.jit(cpu_kernels.argmax)(logits)
-  np.testing.assert_array_equal(got, generation.greedy_tokens(logits))
+  np.testing.assert_array_equal(got, llama.greedy_tokens(logits))
   assert got.tolist()[1:5] == [3, 17, 998, 0]
 
 
 @needs_kernels
 def test_amx_model_tracks_the_xla_model_and_decodes_alike():
   params = random_params(TINY)
-  amx_config, packed = llama_amx.pack_params(params, TINY)
-  assert amx_config.kernels == "amx"
+  amx = llama.get_ops("amx")
+  assert amx is llama_ops.AMX_OPS and not amx.training
+  packed = llama_ops.pack_params(params, TINY)
   tokens = jnp.asarray(np.random.default_rng(3).integers(0, 128, (4, 12)), jnp.int32)
   xla_logits = llama.Llama(TINY).apply({"params": params}, tokens)[0]
-  amx_logits = llama.Llama(amx_config).apply({"params": packed}, tokens)[0]
+  amx_logits = llama.Llama(TINY, amx).apply({"params": packed}, tokens)[0]
   np.testing.assert_allclose(amx_logits, xla_logits, rtol=2e-2, atol=2e-2)
 
   xla_gen = generation.Generator(TINY, params, _Tokenizer(), stop_ids=(), kernels="xla")
   amx_gen = generation.Generator(TINY, params, _Tokenizer(), stop_ids=(), kernels="auto")
-  assert amx_gen.config.kernels == "amx" and amx_gen.kernels_note.startswith("amx")
+  assert amx_gen.ops is amx and amx_gen.kernels_note.startswith("amx")
   shared = list(range(20, 40))  # A 16-token shared prefix is prefilled once (batch 1).
   prompts = [[5, 9, 3, 7], [11, 2], [4, 4, 4, 4, 4, 4, 4], shared + [1, 2], shared + [7]]
   assert amx_gen.shared_prefix_length(prompts[3:]) == 16
@@ -197,11 +201,12 @@ def test_kernels_choice_is_explained_and_validated():
   params = random_params(dataclasses.replace(TINY, dtype="float32"))
   f32 = dataclasses.replace(TINY, dtype="float32")
   gen = generation.Generator(f32, params, _Tokenizer(), kernels="auto")
-  assert gen.config.kernels == "xla"
+  assert gen.ops is llama.XLA_OPS
   assert gen.kernels_note == "xla (amx kernels: dtype float32 (the kernels are bfloat16))"
   with pytest.raises(ValueError, match="kernels='amx' cannot run this model here: dtype float32"):
     generation.Generator(f32, params, _Tokenizer(), kernels="amx")
   with pytest.raises(ValueError, match="kernels='fast'"):
     generation.Generator(f32, params, _Tokenizer(), kernels="fast")
-  with pytest.raises(ValueError, match="kernels='amx' runs bfloat16 only"):
-    dataclasses.replace(f32, kernels="amx")
+  with pytest.raises(ValueError, match="merge LoRA adapters first"):
+    llama.Llama(TINY, llama.get_ops("amx"), llama.LoraConfig()).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))

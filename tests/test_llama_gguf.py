@@ -14,7 +14,8 @@ import pytest
 import torch
 import transformers
 
-from cdc_jax.teacher import chat, generation, llama, llama_weights, tokenizer
+from cdc_jax.models import llama
+from cdc_jax.teacher import chat, generation, llama_weights, tokenizer
 
 QUESTIONS = ("What is 2+3?", "Name a colour of the sky.", "Write one short sentence about cats.")
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdc_jax.teacher import generation, llama
+from cdc_jax.models import llama
+from cdc_jax.teacher import generation
 
 TINY = llama.LlamaConfig(
     vocab_size=97, hidden=32, intermediate=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -236,9 +237,9 @@ def test_top_k_restricts_samples():
 def test_greedy_tokens_is_argmax_with_first_index_on_ties():
   logits = jnp.array([[0.0, 3.0, 3.0, -1.0], [-5.0, -7.0, -5.0, -6.0], [1.0, 1.0, 1.0, 1.0],
                       [-jnp.inf, 2.0, jnp.inf, 0.0]])
-  assert np.asarray(generation.greedy_tokens(logits)).tolist() == [1, 0, 0, 2]
+  assert np.asarray(llama.greedy_tokens(logits)).tolist() == [1, 0, 0, 2]
   random = jax.random.normal(jax.random.PRNGKey(3), (5, 97))
-  np.testing.assert_array_equal(generation.greedy_tokens(random), jnp.argmax(random, axis=-1))
+  np.testing.assert_array_equal(llama.greedy_tokens(random), jnp.argmax(random, axis=-1))
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])

@@ -18,7 +18,8 @@ CHILD = textwrap.dedent("""
     import flax.linen as nn
     import jax
     import numpy as np
-    from cdc_jax.teacher import generation, llama, sharding
+    from cdc_jax.models import llama
+    from cdc_jax.teacher import generation, sharding
 
     cfg = llama.LlamaConfig(vocab_size=128, hidden=32, intermediate=64, num_layers=2,
                             num_heads=8, num_kv_heads=4, head_dim=8, max_seq_len=64,

@@ -83,7 +83,8 @@ def test_mesh_shape_flag_is_checked():
   assert args.mesh_shape == (1, 8) and args.dtype == "bfloat16" and args.kernels == "auto"
   with pytest.raises(SystemExit):
     launch.parse_args(["--input", "x", "--out", "y", "--kernels", "fast"])
-  from cdc_jax.teacher import jax_setup, llama
+  from cdc_jax.models import llama
+  from cdc_jax.teacher import jax_setup
   assert sorted(jax_setup.DTYPES) == sorted(llama.DTYPES)
   assert jax_setup.KERNELS == ("auto",) + llama.KERNELS
   tiny_amx = launch.parse_args(["--input", "x", "--out", "y", "--random_tiny", "--kernels", "amx"])

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdc_jax.teacher import chat, cpu_kernels, llama, llama_amx, sharding
+from cdc_jax.models import llama
+from cdc_jax.teacher import chat, sharding
 from cdc_jax.teacher import tokenizer as tokenizer_lib
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -52,8 +53,8 @@ class Generation:
 
 
 def _pick_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_k: int,
-                 kernels: str = "xla") -> jax.Array:
-  """Greedy argmax if temperature == 0, else a (top-k restricted) sample."""
+                 argmax: Any = llama.greedy_tokens) -> jax.Array:
+  """Greedy ``argmax`` if temperature == 0, else a (top-k restricted) sample."""
 
   def sample(_):
     scaled = logits / temperature
@@ -63,22 +64,7 @@ def _pick_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_
     return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
 
   # A cond, not a select: sampling noise over the vocabulary is not free on CPU.
-  def greedy(_):
-    return cpu_kernels.argmax(logits) if kernels == "amx" else greedy_tokens(logits)
-
-  return jax.lax.cond(temperature > 0, sample, greedy, None)
-
-
-def greedy_tokens(logits: jax.Array) -> jax.Array:
-  """``argmax`` over the last axis (first index on ties), as two plain reductions.
-
-  XLA:CPU runs argmax as one variadic (value, index) reduction: 2.5 ms for
-  [32, 49152] logits, 4% of a SmolLM2 decode step. A max and a min over the
-  matching indices took 1.9 ms (profiled).
-  """
-  best = jnp.max(logits, axis=-1, keepdims=True)
-  index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-  return jnp.min(jnp.where(logits == best, index, logits.shape[-1]), axis=-1)
+  return jax.lax.cond(temperature > 0, sample, lambda _: argmax(logits), None)
 
 
 def generate_tokens(
@@ -95,6 +81,7 @@ def generate_tokens(
     num_new: int,
     top_k: int,
     pad_id: int,
+    ops: llama.LlamaOps = llama.XLA_OPS,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Decodes up to ``min(max_new_tokens[row], num_new)`` tokens for left-padded prompts.
 
@@ -111,12 +98,12 @@ def generate_tokens(
     tokens ``[batch, num_new]`` (pad after a row stops), the number of
     generated tokens per row (stop token included) and whether each row stopped.
   """
-  model = llama.Llama(config)
+  model = llama.Llama(config, ops)
   batch, prompt_len = prompt_tokens.shape
   prefix_len = prefix_tokens.shape[1]
   prompt_mask = prompt_mask.astype(jnp.bool_)
-  # The amx attention kernel reads only the filled slots: one phase, one segment.
-  ends = decode_phases(num_new) if config.kernels == "xla" else (num_new,)
+  # Ops whose decode attention reads only the filled slots want one phase, one segment.
+  ends = decode_phases(num_new) if ops.segmented_cache else (num_new,)
   base = prefix_len + prompt_len
   # Decode step s writes slot base + s - 1; phase k's steps fill segment k.
   bounds = [0] + [base + e - 1 for e in ends[:-1]] + [base + num_new]
@@ -135,7 +122,7 @@ def generate_tokens(
   limits = jnp.minimum(max_new_tokens.astype(jnp.int32), num_new)
 
   token = _pick_tokens(logits[:, 0], jax.random.fold_in(rng, 0), temperature, top_k,
-                       config.kernels)
+                       ops.argmax)
   inactive = ~prompt_mask.any(axis=1)
   token = jnp.where(inactive, pad_id, token)
   stopped = jnp.isin(token, stop) & ~inactive
@@ -155,7 +142,7 @@ def generate_tokens(
         {"params": params}, token[:, None], positions=pos[:, None], cache=cache,
         attend_segments=attend)
     token = _pick_tokens(logits[:, 0], jax.random.fold_in(rng, step), temperature, top_k,
-                         config.kernels)
+                         ops.argmax)
     token = jnp.where(done, pad_id, token)
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
     lengths = lengths + (~done).astype(jnp.int32)
@@ -193,7 +180,8 @@ def decode_phases(num_new: int) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=None)
 def generate_program(config: llama.LlamaConfig, *, num_new: int, top_k: int, pad_id: int,
-                     mesh: jax.sharding.Mesh | None = None, rules: tuple[Any, ...] = ()) -> Any:
+                     ops: llama.LlamaOps = llama.XLA_OPS, mesh: jax.sharding.Mesh | None = None,
+                     rules: tuple[Any, ...] = ()) -> Any:
   """The jitted ``generate_tokens`` for one new-token bucket and top_k, shared by Generators.
 
   jax.jit then compiles it once per (batch, prompt length) bucket. With
@@ -203,7 +191,7 @@ def generate_program(config: llama.LlamaConfig, *, num_new: int, top_k: int, pad
   """
   del rules
   fn = functools.partial(generate_tokens, config=config, num_new=num_new, top_k=top_k,
-                         pad_id=pad_id)
+                         pad_id=pad_id, ops=ops)
   if mesh is None:
     return jax.jit(fn)
   # Replicated outputs (a few small int arrays): every process of a multi-host
@@ -225,29 +213,36 @@ def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
   raise ValueError(f"{what} {n} exceeds the largest bucket {max(buckets)}")
 
 
-def _choose_kernels(config: llama.LlamaConfig, params: Any, kernels: str,
-                    mesh: jax.sharding.Mesh | None) -> tuple[llama.LlamaConfig, Any, str]:
-  """(config, params, note) for the requested kernels ("auto", "xla" or "amx")."""
-  if kernels not in ("auto",) + llama.KERNELS:
-    raise ValueError(f"kernels={kernels!r}: expected 'auto' or one of {llama.KERNELS}")
-  if config.kernels == "amx":  # Already packed.
-    if kernels == "xla":
-      raise ValueError("params are packed for kernels='amx'; load them again for 'xla'")
-    return config, params, "amx (params given packed)"
+def _choose_ops(config: llama.LlamaConfig, params: Any, kernels: str,
+               mesh: jax.sharding.Mesh | None) -> tuple[llama.LlamaOps, Any, str]:
+  """(ops, params in their layout, note) for the requested kernels: "auto" or an ops name.
+
+  "auto" takes the CPU kernel plugin ("amx") where it can run, else "xla".
+  """
+  if kernels != "auto" and kernels not in llama.ops_names():
+    raise ValueError(f"kernels={kernels!r}: expected 'auto' or one of {llama.ops_names()}")
   if kernels == "xla":
-    return config, params, "xla (requested)"
+    return llama.XLA_OPS, params, "xla (requested)"
+  name = "amx" if kernels == "auto" else kernels
+
+  def fall_back(reason: str) -> tuple[llama.LlamaOps, Any, str]:
+    if kernels != "auto":
+      raise ValueError(f"kernels={name!r} cannot run this model here: {reason}")
+    return llama.XLA_OPS, params, f"xla ({name} kernels: {reason})"
+
   if mesh is not None or jax.default_backend() != "cpu":
-    reason = "a mesh" if mesh is not None else f"the {jax.default_backend()} backend"
-    if kernels == "amx":
-      raise ValueError(f"kernels='amx' runs on one CPU device, not on {reason}")
-    return config, params, f"xla (amx kernels do not run on {reason})"
-  reason = llama_amx.amx_unsupported_reason(config)
+    return fall_back("they run on one CPU device, not on "
+                     + ("a mesh" if mesh is not None else f"the {jax.default_backend()} backend"))
+  try:
+    ops = llama.get_ops(name)
+  except ValueError as error:
+    return fall_back(str(error))
+  reason = ops.unsupported(config) if ops.unsupported is not None else None
   if reason is not None:
-    if kernels == "amx":
-      raise ValueError(f"kernels='amx' cannot run this model here: {reason}")
-    return config, params, f"xla (amx kernels: {reason})"
-  config, params = llama_amx.pack_params(params, config)
-  return config, params, "amx (hand-written CPU kernels)"
+    return fall_back(reason)
+  if ops.prepare is not None:
+    params = ops.prepare(params, config)
+  return ops, params, f"{name} (hand-written CPU kernels)"
 
 
 class Generator:
@@ -258,10 +253,10 @@ class Generator:
   (``llama_weights.load_*(mesh=...)``) and the model's logical constraints
   shard activations by ``rules``.
 
-  ``kernels``: "xla", "amx" (``llama_amx.pack_params``: the hand-written CPU
-  kernels; one CPU device, bfloat16) or "auto": "amx" where it can run (see
-  ``llama_amx.amx_unsupported_reason``), else "xla". ``kernels_note`` says which
-  was chosen and why.
+  ``kernels``: "xla", "amx" (the optional ``cdc_jax.cpu_kernels`` plugin: the
+  hand-written CPU kernels; one CPU device, bfloat16) or "auto": "amx" where
+  it can run, else "xla". ``ops`` holds the chosen implementations and
+  ``kernels_note`` says which and why.
   """
 
   def __init__(
@@ -282,12 +277,12 @@ class Generator:
     if tokenizer.vocab_size > config.vocab_size:
       raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
                        f"{config.vocab_size}")
-    config, params, self.kernels_note = _choose_kernels(config, params, kernels, mesh)
+    self.ops, params, self.kernels_note = _choose_ops(config, params, kernels, mesh)
     self.config = config
     self.params = params
     self.tokenizer = tokenizer
     self.batch_buckets = tuple(sorted(batch_buckets))
-    if (config.dtype != "float32" and config.kernels == "xla" and jax.default_backend() == "cpu"
+    if (config.dtype != "float32" and self.ops.name == "xla" and jax.default_backend() == "cpu"
         and self.batch_buckets[0] == 1):
       # XLA:CPU runs a one-row bf16 matmul by converting the weights to f32 every
       # step (~10x slower); two rows take the fast bf16 -> f32 kernel.
@@ -351,7 +346,7 @@ class Generator:
 
   def _program(self, num_new: int, top_k: int) -> Any:
     return generate_program(self.config, num_new=num_new, top_k=top_k,
-                            pad_id=self.tokenizer.pad_id, mesh=self.mesh,
+                            pad_id=self.tokenizer.pad_id, ops=self.ops, mesh=self.mesh,
                             rules=self.rules if self.mesh is not None else ())
 
   def shared_prefix_length(self, prompts: Sequence[Sequence[int]]) -> int:

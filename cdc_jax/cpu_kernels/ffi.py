@@ -3,7 +3,7 @@
 At decode batch sizes a Llama step on XLA:CPU is bound by how fast weights and
 the KV cache are read: XLA's bf16 dot streams weights at ~9 GB/s from one
 thread, and attention becomes ~100 tiny batched dots per layer. The kernels in
-``kernels/amx_decode.cc`` read weights packed once into AMX tiles and a
+``amx_decode.cc`` read weights packed once into AMX tiles and a
 query's cache slots in one pass, and split their work over XLA's intra-op
 threads (SmolLM2-135M, bf16, batch 32, 2 cores: see ``benchmarks/``).
 
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-SOURCE = pathlib.Path(__file__).parent / "kernels" / "amx_decode.cc"
+SOURCE = pathlib.Path(__file__).parent / "amx_decode.cc"
 _CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512f", "avx512bw", "avx512_bf16")
 _TARGETS = {"cdc_amx_matmul": "CdcAmxMatmul", "cdc_amx_gated_matmul": "CdcAmxGatedMatmul",
             "cdc_argmax": "CdcArgmax", "cdc_decode_attention": "CdcDecodeAttention"}
