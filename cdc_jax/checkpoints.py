@@ -86,3 +86,27 @@ def restore_params(path: str | os.PathLike, step: int | None = None) -> tuple[An
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))
   return jax.tree.map(np.asarray, restored["state"]["params"]), step
+
+
+def restore_meta(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
+  """The JSON metadata saved with a checkpoint (``{}`` where it has none)."""
+  directory, step = find_checkpoint(path, step)
+  with ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+    if not (directory / str(step) / "meta").exists():
+      return {}
+    return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+
+def check_base_weights(meta: Mapping[str, Any], expected: str | None, source: Any) -> None:
+  """Refuses trained parameters that belong to other base weights than ``expected``.
+
+  A LoRA checkpoint holds adapters only: applied to other base weights they
+  would silently compute something else. ``expected`` is the sha256 of the
+  model's base weights file(s) (None: the model has no pretrained base).
+  """
+  saved = meta.get("base_weights")
+  if saved != expected:
+    raise ValueError(f"{source}: the checkpoint was trained on base weights {saved or 'none'} "
+                     f"but this model loads {expected or 'none'} (sha256); load the weights it "
+                     "was trained from")

@@ -29,6 +29,8 @@ class DataConfig:
     pack: pack several examples into one row (seqio EncDecFeatureConverter).
     seed: shuffling / mixture sampling seed.
     shuffle: shuffle examples (training); off for evaluation.
+    feature_converter_cls: the model's (``model.FEATURE_CONVERTER_CLS``):
+      encoder-decoder features for T5, prompt+completion for a decoder-only student.
   """
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
@@ -37,6 +39,7 @@ class DataConfig:
   pack: bool = True
   seed: int = 0
   shuffle: bool = True
+  feature_converter_cls: type[seqio.FeatureConverter] = seqio.EncDecFeatureConverter
 
   def __post_init__(self):
     if self.batch_size % jax.process_count():
@@ -44,13 +47,13 @@ class DataConfig:
                        f"{jax.process_count()} processes")
 
 
-def feature_converter(pack: bool) -> seqio.FeatureConverter:
-  return seqio.EncDecFeatureConverter(pack=pack)
+def feature_converter(config: DataConfig) -> seqio.FeatureConverter:
+  return config.feature_converter_cls(pack=config.pack)
 
 
 def model_feature_shapes(config: DataConfig, *, batch_size: int | None = None) -> dict[str, tuple]:
   """Shapes of the model features of one (global) batch."""
-  lengths = feature_converter(config.pack).get_model_feature_lengths(config.task_feature_lengths)
+  lengths = feature_converter(config).get_model_feature_lengths(config.task_feature_lengths)
   batch = config.batch_size if batch_size is None else batch_size
   return {k: (batch, v) for k, v in lengths.items()}
 
@@ -64,7 +67,7 @@ def train_batches(config: DataConfig, *, skip_batches: int = 0,
   ds = seqio.get_dataset(
       config.mixture_or_task_name, task_feature_lengths=dict(config.task_feature_lengths),
       dataset_split=config.split, shuffle=config.shuffle, num_epochs=num_epochs,
-      feature_converter=feature_converter(config.pack), seed=config.seed, use_cached=False,
+      feature_converter=feature_converter(config), seed=config.seed, use_cached=False,
       shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()))
   local_batch = config.batch_size // jax.process_count()
   ds = ds.batch(local_batch, drop_remainder=True)
@@ -73,3 +76,9 @@ def train_batches(config: DataConfig, *, skip_batches: int = 0,
   options = tf.data.Options()
   options.deterministic = True
   return ds.with_options(options).prefetch(2).as_numpy_iterator()
+
+
+def count_tokens(batch: Mapping[str, np.ndarray]) -> int:
+  """Non-padding tokens the model reads and predicts in a batch (for tokens/s)."""
+  keys = [k for k in ("encoder_input_tokens", "decoder_target_tokens") if k in batch]
+  return int(sum(np.count_nonzero(batch[k]) for k in keys))

@@ -34,16 +34,22 @@ DEFAULT_AXIS_NAMES = ("data", "model")
 
 # Every logical name the models use is listed, so an unknown name is an error
 # in `check_rules_cover` rather than a silently replicated axis.
+# One table for the T5 student, the Llama student and the Llama teacher: the
+# batch over 'data', heads / MLP / vocabulary over 'model' (Megatron style),
+# the embedding dimension replicated so no all-gather sits on the residual path.
 DEFAULT_RULES: LogicalRules = (
     ("batch", "data"),
     ("vocab", "model"),
     ("mlp", "model"),
     ("heads", "model"),
+    ("kv_heads", "model"),
     ("joined_kv", "model"),
     ("kv", None),
     ("embed", None),
     ("length", None),
+    ("cache_length", None),
     ("relpos_buckets", None),
+    ("lora_rank", None),
 )
 
 

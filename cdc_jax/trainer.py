@@ -2,6 +2,9 @@
 
 Parameters are placed by their logical axis names (``cdc_jax.partitioning``);
 the optimizer state follows the parameters; batches are split over 'data'.
+The state holds the *trained* parameters only: a model with frozen weights
+(a LoRA student's pretrained base, ``model.pretrained.frozen``) gets them
+placed once beside the state and combined by ``model.merge_params`` in the step.
 The step averages gradients over ``accumulation_steps`` micro-batches, applies
 the optimizer and returns summed metrics. Entry points own the loop.
 """
@@ -19,7 +22,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from cdc_jax import partitioning
-from cdc_jax.models.encoder_decoder import EncoderDecoderModel
 
 State = dict[str, Any]  # {"step": int32 scalar, "params": tree, "opt_state": tree}
 
@@ -43,7 +45,7 @@ class TrainerConfig:
 class Trainer:
   """Initialises or restores the train state and runs jitted train steps."""
 
-  def __init__(self, model: EncoderDecoderModel, optimizer: optax.GradientTransformation,
+  def __init__(self, model: Any, optimizer: optax.GradientTransformation,
                mesh: Mesh, input_shapes: Mapping[str, tuple[int, ...]], *,
                config: TrainerConfig = TrainerConfig(),
                learning_rate_fn: optax.Schedule | None = None):
@@ -57,6 +59,12 @@ class Trainer:
     logical = model.param_logical_axes(self.input_shapes)
     self.param_shardings = partitioning.param_shardings(logical, mesh)
     self.replicated = partitioning.replicated(mesh)
+    pretrained = getattr(model, "pretrained", None)
+    self.pretrained = None if pretrained is None else pretrained.trainable
+    self.frozen = None
+    if pretrained is not None and pretrained.frozen is not None:
+      self.frozen = jax.device_put(pretrained.frozen, partitioning.param_shardings(
+          model.frozen_logical_axes(), mesh))
     self._state_shardings = None
     self._step_fn = None
 
@@ -66,10 +74,13 @@ class Trainer:
     """Fresh parameters and optimizer state, sharded on the mesh."""
     init = functools.partial(self.model.init_params, input_shapes=self.input_shapes)
     with partitioning.activate(self.mesh):
-      # The rbg generator compiles in a fraction of threefry's time on CPU
-      # (seconds per run); initial values are deterministic per seed and backend.
-      key = jax.random.key(seed, impl="unsafe_rbg")
-      params = jax.jit(init, out_shardings=self.param_shardings)(key)
+      if self.pretrained is not None:  # Full fine-tuning starts from the pretrained weights.
+        params = jax.device_put(self.pretrained, self.param_shardings)
+      else:
+        # The rbg generator compiles in a fraction of threefry's time on CPU
+        # (seconds per run); initial values are deterministic per seed and backend.
+        key = jax.random.key(seed, impl="unsafe_rbg")
+        params = jax.jit(init, out_shardings=self.param_shardings)(key)
       opt_state = jax.jit(self.optimizer.init)(params)
     # Leaves the optimizer creates from constants (counts) may land on one
     # device; everything not already on this mesh is replicated on it.
@@ -96,10 +107,15 @@ class Trainer:
 
   # --- Step -------------------------------------------------------------------
 
-  def _train_step(self, state: State, batch: Mapping[str, jax.Array]) -> tuple[State, dict]:
+  def _train_step(self, state: State, batch: Mapping[str, jax.Array],
+                  frozen: Any) -> tuple[State, dict]:
     accum = self.config.accumulation_steps
     rng = jax.random.fold_in(jax.random.key(self.config.dropout_seed), state["step"])
-    grad_fn = jax.value_and_grad(self.model.loss_fn, has_aux=True)
+
+    def loss_fn(params, micro_batch, dropout_rng):
+      return self.model.loss_fn(self.model.merge_params(params, frozen), micro_batch, dropout_rng)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro(i, micro_batch):
       (_, metrics), grads = grad_fn(state["params"], micro_batch, jax.random.fold_in(rng, i))
@@ -134,13 +150,15 @@ class Trainer:
     """One optimizer step on a global batch already placed on the mesh."""
     if self._step_fn is None:
       batch_shardings = partitioning.batch_shardings(batch, self.mesh)
+      frozen_shardings = jax.tree.map(lambda x: x.sharding, self.frozen)
       with partitioning.activate(self.mesh):
         self._step_fn = jax.jit(self._train_step,
-                                in_shardings=(self.state_shardings, batch_shardings),
+                                in_shardings=(self.state_shardings, batch_shardings,
+                                              frozen_shardings),
                                 out_shardings=(self.state_shardings, self.replicated),
                                 donate_argnums=(0,))
     with partitioning.activate(self.mesh):
-      return self._step_fn(state, batch)
+      return self._step_fn(state, batch, self.frozen)
 
   def place_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows of a batch -> one global array per feature on the mesh."""

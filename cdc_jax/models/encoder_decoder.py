@@ -15,11 +15,13 @@ in ``jax.jit`` by the caller (``max_decode_len`` and ``num_beams`` static).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import seqio
 
 from cdc_jax.models import t5
 from cdc_jax.models.t5_config import T5Config
@@ -52,6 +54,26 @@ class EncoderDecoderModel:
   loss_normalizing_factor: float | None = None
   eos_id: int = EOS_ID
 
+  FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
+  PREDICT_FEATURES = ("encoder_input_tokens",)
+  # A T5 trains every parameter from its init (or INIT_FROM): nothing frozen.
+  pretrained = None
+
+  def merge_params(self, trainable: Any, frozen: Any) -> Any:
+    """The module's parameters: all of them are trained."""
+    del frozen
+    return trainable
+
+  def frozen_logical_axes(self) -> None:
+    return None
+
+  def base_fingerprint(self) -> None:
+    return None
+
+  def load_external(self, path: str | os.PathLike) -> Any:
+    """Parameters of a Hugging Face T5 checkpoint directory."""
+    from cdc_jax.models import hf_t5
+    return hf_t5.load_hf_t5(path)[1]
 
   def _init_variables(self, rng: Array, input_shapes: Mapping[str, Sequence[int]]) -> Any:
     for key in ("encoder_input_tokens", "decoder_input_tokens"):

@@ -52,6 +52,13 @@ def records_source(community: records_lib.Community, *, level: int,
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     del shuffle_files, seed  # One in-memory shard; seqio shuffles examples.
     rows = features[split]
+    if not rows:  # Refused where used: else a bare StopIteration or a seqio unpack error.
+      file = community.directory / community.manifest.splits[split]
+      lacking = (f" with a level-{level} rationale (of {len(community.records[split])})"
+                 if require_rationale and split == "train" and community.records[split] else "")
+      use = "train on" if split == "train" else "evaluate"
+      raise ValueError(f"{file}: split {split!r} of community {community.name!r} has no "
+                       f"records{lacking}: nothing to {use}")
     return tf.data.Dataset.from_tensor_slices(
         {key: tf.constant([r[key] for r in rows], dtype=tf.string) for key in RAW_FEATURES})
 
@@ -95,14 +102,27 @@ def format_examples(dataset: tf.data.Dataset, *, level: int, fmt: str, part: str
   return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def wrap_inputs(dataset: tf.data.Dataset, *, template: str) -> tf.data.Dataset:
+  """``inputs`` placed into ``template`` at ``{inputs}`` (e.g. a chat template's user turn).
+
+  Input: {"inputs": "Is 3 > 2?"}, template "<user>{inputs}</user><bot>";
+  output: {"inputs": "<user>Is 3 > 2?</user><bot>"}.
+  """
+  prefix, suffix = template.split("{inputs}")
+
+  def fn(ex):
+    return {**ex, "inputs": tf.strings.join([prefix, ex["inputs"], suffix])}
+
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def preprocessor_chain(*, level: int, fmt: str, part: str | None, seed: int, k: int,
-                       selector: str) -> Sequence:
-  """Format, tokenize, append EOS: the preprocessors of every cdc task."""
+                       selector: str, prompt_template: str = "{inputs}") -> Sequence:
+  """Format, wrap the inputs in the prompt template, tokenize, append EOS."""
   import functools
 
-  return [
-      functools.partial(format_examples, level=level, fmt=fmt, part=part, seed=seed, k=k,
-                        selector=selector),
-      seqio.preprocessors.tokenize,
-      seqio.preprocessors.append_eos_after_trim,
-  ]
+  chain = [functools.partial(format_examples, level=level, fmt=fmt, part=part, seed=seed, k=k,
+                             selector=selector)]
+  if prompt_template != "{inputs}":
+    chain.append(functools.partial(wrap_inputs, template=prompt_template))
+  return chain + [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]

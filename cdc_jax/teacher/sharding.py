@@ -14,18 +14,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-# (logical axis, mesh axis or None). Order matters only for duplicate names.
-TEACHER_RULES: tuple[tuple[str, str | None], ...] = (
-    ("batch", "data"),
-    ("length", None),
-    ("cache_length", None),
-    ("embed", None),
-    ("vocab", "model"),
-    ("heads", "model"),
-    ("kv_heads", "model"),
-    ("kv", None),
-    ("mlp", "model"),
-)
+from cdc_jax import partitioning
+
+# The project's one partitioning table (``cdc_jax.partitioning``).
+TEACHER_RULES: tuple[tuple[str, str | None], ...] = partitioning.DEFAULT_RULES
 
 
 def make_teacher_mesh(
@@ -51,6 +43,7 @@ def param_shardings(
 ) -> object:
   """NamedShardings for a (boxed, abstract) param tree from its logical axis names."""
   logical = nn.get_partition_spec(abstract_params)
+  partitioning.check_rules_cover(logical, tuple(rules))
   return nn.logical_to_mesh_sharding(logical, mesh, list(rules))
 
 

