@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import jax
@@ -284,3 +283,53 @@ def test_smollm2_gguf_trains_lora_adapters_for_one_step(tmp_path):
   assert np.isfinite(float(loss)) and 0 < float(loss) < 30
   b_grads = [g for p, g in jax.tree_util.tree_flatten_with_path(grads)[0] if p[-1].key == "lora_b"]
   assert any(np.abs(np.asarray(g)).max() > 0 for g in b_grads)
+
+
+def _cli_args(hf_dir, manifest, model_dir, *, steps: int, lora: bool) -> list[str]:
+  args = ["--gin_file=gin/models/llama_student.gin", "--gin_file=gin/runs/train.gin",
+          f"--gin.WEIGHTS='{hf_dir}'", f"--gin.COMMUNITIES=['{manifest}']",
+          "--gin.catalog.register_tasks.embedded=False", "--gin.MAX_SEQ_LEN=128",
+          "--gin.MIXTURE_OR_TASK_NAME='cdc.yesdec.L6.cot_label'", f"--gin.MODEL_DIR='{model_dir}'",
+          f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_EVERY=2",
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 32}", "--gin.LOG_EVERY=2"]
+  if lora:
+    args += ["--gin_file=gin/models/lora.gin", "--gin.llama.LoraConfig.rank=4",
+             "--gin.llama.LoraConfig.dropout=0.1"]
+  return args
+
+
+def test_cli_lora_resume_after_sigkill_is_bitwise_and_merges(tmp_path, hf_dir):
+  """gin end to end: LoRA (with dropout) killed after a checkpoint resumes bitwise; merge_lora
+  writes a full checkpoint that the model without LoRA decodes exactly as the adapters do."""
+  manifest = train_helpers.always_yes_community(tmp_path / "c", "yesdec")
+  env = {"XLA_FLAGS": train_helpers.DETERMINISTIC_XLA_FLAGS}
+  args = lambda d: _cli_args(hf_dir, manifest, tmp_path / d, steps=6, lora=True)
+  train_helpers.run_module("cdc_jax.train", args("straight"), env=env)
+  killed = train_helpers.run_module(
+      "cdc_jax.train", args("resumed") + ["--gin.train.simulate_preemption_at_step=4"],
+      check=False, env=env)
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  train_helpers.run_module("cdc_jax.train", args("resumed"), env=env)
+  straight, step_a = checkpoints.restore_params(tmp_path / "straight")
+  resumed, step_b = checkpoints.restore_params(tmp_path / "resumed")
+  assert step_a == step_b == 6
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+  merge = train_helpers.run_module("cdc_jax.merge_lora", [
+      "--gin_file=gin/models/llama_student.gin", "--gin_file=gin/runs/merge_lora.gin",
+      "--gin_file=gin/models/lora.gin", f"--gin.WEIGHTS='{hf_dir}'",
+      "--gin.llama.LoraConfig.rank=4", f"--gin.CHECKPOINT='{tmp_path / 'straight'}'",
+      f"--gin.OUTPUT_DIR='{tmp_path / 'merged'}'"])
+  assert '"adapters": 8' in merge.stdout  # q, k, v, o projections of 2 layers.
+  merged, step = checkpoints.restore_params(tmp_path / "merged")
+  assert step == 6 and not any("lora" in str(p) for p, _ in
+                               jax.tree_util.tree_flatten_with_path(merged)[0])
+  lora_model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=128,
+                                        lora=llama.LoraConfig(rank=4))
+  full_model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=128)
+  tokens = jnp.asarray(_batch(full_model.config.vocab_size)["decoder_input_tokens"])
+  with_adapters = lora_model.module.apply(
+      {"params": lora_model.merge_params(straight, lora_model.pretrained.frozen)}, tokens)[0]
+  folded = full_model.module.apply({"params": merged}, tokens)[0]
+  np.testing.assert_allclose(folded, with_adapters, rtol=1e-4, atol=1e-4)

@@ -86,7 +86,7 @@ def test_mesh_shape_flag_is_checked():
   from cdc_jax.models import llama
   from cdc_jax.teacher import jax_setup
   assert sorted(jax_setup.DTYPES) == sorted(llama.DTYPES)
-  assert jax_setup.KERNELS == ("auto",) + llama.KERNELS
+  assert jax_setup.KERNELS == ("auto",) + llama.ops_names()
   tiny_amx = launch.parse_args(["--input", "x", "--out", "y", "--random_tiny", "--kernels", "amx"])
   with pytest.raises(ValueError, match="--random_tiny runs on the XLA path; drop --kernels amx"):
     jax_setup.backend_from_flags(tiny_amx)
