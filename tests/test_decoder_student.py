@@ -333,3 +333,60 @@ def test_cli_lora_resume_after_sigkill_is_bitwise_and_merges(tmp_path, hf_dir):
       {"params": lora_model.merge_params(straight, lora_model.pretrained.frozen)}, tokens)[0]
   folded = full_model.module.apply({"params": merged}, tokens)[0]
   np.testing.assert_allclose(folded, with_adapters, rtol=1e-4, atol=1e-4)
+
+
+SHARDED_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from cdc_jax import optimizers, partitioning
+from cdc_jax.trainer import Trainer
+from cdc_jax.models import decoder_only, llama
+assert jax.device_count() == 8, jax.devices()
+weights = sys.argv[1]
+rng = np.random.default_rng(0)
+tokens = rng.integers(3, 300, (8, 17)).astype(np.int32)
+batch = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
+         "decoder_loss_weights": np.ones((8, 16), np.int32)}
+out = {}
+for lora in (None, llama.LoraConfig(rank=4)):
+  model = decoder_only.build_model(weights=weights, max_seq_len=64, lora=lora)
+  for name, mesh in {"4x2": partitioning.make_mesh((4, 2)),
+                     "1x1": partitioning.make_mesh((1, 1), devices=jax.devices()[:1])}.items():
+    trainer = Trainer(model, optimizers.adamw(learning_rate=1e-2), mesh,
+                      {k: v.shape for k, v in batch.items()})
+    state = trainer.init_state(0)
+    layer = state["params"]["layers_0"]["attn"]["q_proj"]
+    frozen = trainer.frozen["layers_0"]["attn"]["q_proj"] if lora else None
+    specs = {k: str(v.sharding.spec) for k, v in layer.items()}
+    if frozen is not None:
+      specs["frozen_weight"] = str(frozen["weight"].sharding.spec)
+    losses = []
+    for _ in range(2):
+      state, metrics = trainer.train_step(state, trainer.place_batch(batch))
+      losses.append(float(metrics["loss"]))
+    out[f"{'lora' if lora else 'full'}-{name}"] = {"specs": specs, "losses": losses}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_sharded_training_on_8_devices_matches_one_device(hf_dir):
+  import os
+  import subprocess
+  import sys
+
+  env = dict(os.environ, PYTHONPATH=str(train_helpers.REPO),
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(hf_dir)],
+                        cwd=train_helpers.REPO, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))[6:])
+  # q_proj [heads, head_dim, embed]: heads over 'model'; LoRA's B follows, A is replicated.
+  assert out["full-4x2"]["specs"] == {"weight": "P('model', None, None)"}
+  assert out["lora-4x2"]["specs"] == {"lora_a": "P(None, None)",
+                                      "lora_b": "P('model', None, None)",
+                                      "frozen_weight": "P('model', None, None)"}
+  for kind in ("full", "lora"):
+    np.testing.assert_allclose(out[f"{kind}-4x2"]["losses"], out[f"{kind}-1x1"]["losses"],
+                               rtol=1e-5)
+    assert out[f"{kind}-4x2"]["losses"][1] < out[f"{kind}-4x2"]["losses"][0]
