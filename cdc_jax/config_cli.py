@@ -3,20 +3,41 @@
 ``--gin_file=F`` (repeatable) parses a gin file, found as given, under the
 repository root or under ``--gin_search_path`` s; ``--gin.NAME=VALUE``
 (repeatable) binds a macro or parameter, e.g. ``--gin.TRAIN_STEPS=100`` or
-``--gin.train.batch_size=8``. Only entry points import this module: library
-code stays gin-free.
+``--gin.train.batch_size=8``. Unknown macros and parameters, unparseable
+values, unset required macros and non-positive step, batch or length macros
+are refused before any work starts (:mod:`cdc_jax.gin_checks`). Only entry
+points import this module: library code stays gin-free.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
 
 import gin
 
+from cdc_jax import gin_checks
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_search_paths() -> list[str]:
+  """cwd, then the project's gin configs (packaged with an installed wheel, like t5x's).
+
+  Both ``gin/experiments/embedded_tiny.gin`` and ``experiments/embedded_tiny.gin``
+  resolve, from a checkout or an installed package, and so do the configs'
+  ``include 'gin/models/...'`` lines.
+  """
+  import cdc_jax
+
+  return [os.getcwd(), str(cdc_jax.GIN_DIR.parent), str(cdc_jax.GIN_DIR)]
+
+
+def _quiet_gin_misses(record: logging.LogRecord) -> bool:
+  return record.msg != "Path not found: %s"
 
 
 def add_gin_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,13 +63,22 @@ def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
               search_paths: Sequence[str] = ()) -> None:
   """Parses gin files and bindings (bindings after files, so they override)."""
-  for path in [*search_paths, os.getcwd(), str(REPO_ROOT)]:
+  searched = [*search_paths, *default_search_paths()]
+  # gin logs an ERROR ('Path not found') for each search path an include is not under,
+  # even when a later one has it; a file that is nowhere still raises.
+  logging.getLogger().addFilter(_quiet_gin_misses)
+  for path in searched:
     gin.add_config_file_search_path(path)
+  found = []
   for f in gin_files:
-    if not any((Path(p) / f).exists() for p in ["", *search_paths, os.getcwd(), str(REPO_ROOT)]):
-      raise FileNotFoundError(f"gin file {f!r} not found (searched cwd, {REPO_ROOT} and "
-                              f"{list(search_paths)})")
-  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+    hits = [Path(p) / f for p in ["", *searched] if (Path(p) / f).exists()]
+    if not hits:
+      raise FileNotFoundError(f"gin file {f!r} not found (searched {searched})")
+    found.append(str(hits[0]))  # As found: gin's own lookup logs an error per miss.
+  gin.parse_config_files_and_bindings(found, [], finalize_config=False)
+  # One binding at a time, so an error names its flag; then refuse bad values early.
+  gin_checks.apply_bindings(list(bindings))
+  gin_checks.check_macro_values()
 
 
 def configured(module: str, name: str):
@@ -62,6 +92,11 @@ def configured(module: str, name: str):
   return gin.get_configurable(getattr(importlib.import_module(module), name))
 
 
+def require_macros(module: str, name: str) -> None:
+  """Raises naming each macro that ``module.name``'s bindings need and nothing sets."""
+  gin_checks.check_required_macros(f"{module}.{name}")
+
+
 def run_configured(module: str, name: str, argv: Sequence[str] | None, *, description: str):
   """The whole CLI of a gin-configured entry point: parse flags and gin, call ``module.name``."""
   import logging
@@ -73,8 +108,6 @@ def run_configured(module: str, name: str, argv: Sequence[str] | None, *, descri
   args = parser.parse_args(rest)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   parse_gin(args.gin_file, bindings, args.gin_search_path)
+  require_macros(module, name)
   return configured(module, name)()
 
-
-def operative_config() -> str:
-  return gin.operative_config_str()

@@ -15,7 +15,13 @@ keeps the earlier manifests under ``previous``.
   {"version": 1, "communities": {"strategy": {
       "withdrawn_at": "2025-01-02T03:04:05Z",        # whole community, or null
       "reason": "...",
-      "records": {"train17": "2025-01-02T03:04:05Z"}}}}  # record-level withdrawals
+      "records": {"train17": "2025-01-02T03:04:05Z"}}},  # record-level withdrawals
+   "ledger": [{"at": "2025-01-02T03:04:05Z", "action": "withdraw",   # or "reinstate"
+               "community": "strategy", "records": ["train17"], "reason": "..."}]}
+
+``communities`` is the current state; ``ledger`` lists every withdrawal and
+every reinstatement (:func:`reinstate`, the undo) in order, with the records
+each one changed. The file is replaced atomically.
 
 Training refuses (:class:`ConsentError`) to start on withdrawn data;
 ``python -m cdc_jax.withdraw`` withdraws and re-runs a sweep's affected runs;
@@ -216,8 +222,9 @@ class CommunityConsent:
 
 @dataclasses.dataclass(frozen=True)
 class Consents:
-  """The consent registry: community -> its withdrawals."""
+  """The consent registry: community -> its withdrawals, and the ledger of changes."""
   communities: Mapping[str, CommunityConsent] = dataclasses.field(default_factory=dict)
+  ledger: tuple[Mapping[str, Any], ...] = ()
 
   def of(self, community: str) -> CommunityConsent:
     """The withdrawals of ``community`` (none if it never withdrew anything)."""
@@ -228,7 +235,8 @@ class Consents:
     return {"version": _VERSION, "communities": {
         name: {"withdrawn_at": c.withdrawn_at, "reason": c.reason,
                "records": dict(sorted(c.records.items()))}
-        for name, c in sorted(self.communities.items())}}
+        for name, c in sorted(self.communities.items())},
+            "ledger": [dict(event) for event in self.ledger]}
 
 
 def default_registry_path() -> Path:
@@ -257,14 +265,35 @@ def read_consents(path: str | os.PathLike | None = None) -> Consents:
                        "{'withdrawn_at': time|null, 'reason': text|null, 'records': {id: time}}")
     out[name] = CommunityConsent(entry.get("withdrawn_at"), entry.get("reason"),
                                  dict(entry.get("records", {})))
-  return Consents(out)
+  ledger = obj.get("ledger", [])
+  if not isinstance(ledger, list) or not all(isinstance(e, dict) for e in ledger):
+    raise ValueError(f"{path}: field 'ledger': expected a list of events")
+  return Consents(out, tuple(ledger))
 
 
-def withdraw(community: str, *, records: Sequence[str] | None = None, reason: str | None = None,
-             path: str | os.PathLike | None = None, now: str | None = None) -> Consents:
-  """Records a withdrawal: the whole community (``records`` None) or some records.
+@dataclasses.dataclass(frozen=True)
+class ConsentChange:
+  """What one withdrawal or reinstatement changed in the registry (true counts)."""
+  consents: Consents
+  community: str
+  action: str
+  whole_community: bool
+  changed: tuple[str, ...]  # Record ids whose state changed.
+  unchanged: tuple[str, ...]  # Record ids asked for that were already in that state.
+  already_whole: bool = False  # A whole-community withdrawal that was already recorded.
 
-  Returns the updated registry, written atomically. Earlier timestamps are kept.
+
+def _write(path: Path, consents: Consents) -> None:
+  records_lib.atomic_write_text(path, json.dumps(consents.to_json(), indent=1) + "\n")
+
+
+def record_withdrawal(community: str, *, records: Sequence[str] | None = None,
+                      reason: str | None = None, path: str | os.PathLike | None = None,
+                      now: str | None = None) -> ConsentChange:
+  """Records a withdrawal (the whole community if ``records`` is None) and a ledger event.
+
+  The caller checks that the community and records exist (:mod:`cdc_jax.withdraw`
+  does, before anything is written). Earlier timestamps are kept.
   """
   names.validate_name(community)
   path = Path(path) if path is not None else default_registry_path()
@@ -272,18 +301,79 @@ def withdraw(community: str, *, records: Sequence[str] | None = None, reason: st
   consents = read_consents(path)
   current = consents.of(community)
   if records is None:
+    changed, unchanged = (), ()
+    was_whole = current.withdrawn_at is not None
     updated = dataclasses.replace(current, withdrawn_at=current.withdrawn_at or now,
                                   reason=reason or current.reason)
   else:
+    records = list(dict.fromkeys(records))
     if not records:
       raise ValueError("records= names no record; pass None to withdraw the whole community")
+    changed = tuple(r for r in records if r not in current.records)
+    unchanged = tuple(r for r in records if r in current.records)
+    was_whole = False
     merged = dict(current.records)
-    for record_id in records:
-      merged.setdefault(record_id, now)
+    for record_id in changed:
+      merged[record_id] = now
     updated = dataclasses.replace(current, records=merged, reason=reason or current.reason)
-  consents = Consents({**consents.communities, community: updated})
-  records_lib.atomic_write_text(path, json.dumps(consents.to_json(), indent=1) + "\n")
-  return consents
+  event = {"at": now, "action": "withdraw", "community": community,
+           "records": None if records is None else list(changed), "reason": reason}
+  if records is None and was_whole:
+    event["note"] = f"already withdrawn entirely at {current.withdrawn_at}"
+  consents = Consents({**consents.communities, community: updated}, (*consents.ledger, event))
+  _write(path, consents)
+  return ConsentChange(consents, community, "withdraw", records is None, changed, unchanged,
+                       already_whole=records is None and was_whole)
+
+
+def withdraw(community: str, *, records: Sequence[str] | None = None, reason: str | None = None,
+             path: str | os.PathLike | None = None, now: str | None = None) -> Consents:
+  """Records a withdrawal: the whole community (``records`` None) or some records.
+
+  Returns the updated registry, written atomically (see :func:`record_withdrawal`).
+  """
+  return record_withdrawal(community, records=records, reason=reason, path=path, now=now).consents
+
+
+def reinstate(community: str, *, records: Sequence[str] | None = None, reason: str | None = None,
+              path: str | os.PathLike | None = None, now: str | None = None) -> ConsentChange:
+  """Undoes a withdrawal: the whole-community one (``records`` None) or those records'.
+
+  Recorded in the ledger as a ``reinstate`` event. Raises ValueError, writing
+  nothing, if there is no such withdrawal to undo.
+  """
+  names.validate_name(community)
+  path = Path(path) if path is not None else default_registry_path()
+  now = now or utc_now()
+  consents = read_consents(path)
+  current = consents.of(community)
+  if records is None:
+    if current.withdrawn_at is None:
+      raise ValueError(f"community {community!r} has not withdrawn entirely (record-level "
+                       f"withdrawals: {len(current.records)}; undo those with records=)")
+    changed: tuple[str, ...] = ()
+    updated = dataclasses.replace(current, withdrawn_at=None)
+  else:
+    records = list(dict.fromkeys(records))
+    if not records:
+      raise ValueError("records= names no record; pass None to reinstate the whole community")
+    missing = [r for r in records if r not in current.records]
+    if missing:
+      raise ValueError(f"record(s) {', '.join(missing[:10])} of {community!r} are not withdrawn "
+                       f"({len(current.records)} withdrawn record(s))")
+    changed = tuple(records)
+    updated = dataclasses.replace(
+        current, records={k: v for k, v in current.records.items() if k not in set(records)})
+  event = {"at": now, "action": "reinstate", "community": community,
+           "records": None if records is None else list(changed), "reason": reason}
+  communities = dict(consents.communities)
+  if updated.withdrawn_at is None and not updated.records:
+    communities.pop(community, None)  # Nothing withdrawn any more; the ledger keeps the history.
+  else:
+    communities[community] = updated
+  consents = Consents(communities, (*consents.ledger, event))
+  _write(path, consents)
+  return ConsentChange(consents, community, "reinstate", records is None, changed, ())
 
 
 # ---------------------------------------------------------------------------

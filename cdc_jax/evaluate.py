@@ -21,20 +21,21 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import seqio
 
-from cdc_jax import decoding, progress
+from cdc_jax import arguments, decoding, progress
 from cdc_jax.data import records as records_lib
-from cdc_jax.models.encoder_decoder import EncoderDecoderModel
+from cdc_jax.tasks import lengths as lengths_lib
 from cdc_jax.tasks import metrics as metrics_lib
 
 
-def _predict_fn(predictor: decoding.Predictor, input_length: int, label: str):
+def _predict_fn(predictor: decoding.Predictor, lengths: Mapping[str, int], label: str):
   def predict(ds) -> list[tuple[int, list[int]]]:
     items = list(ds.as_numpy_iterator())
     bar = progress.Progress(len(items), label=f"decode {label}", unit="examples", interval=10.0)
     out = []
     for chunk in decoding.batched(items, predictor.batch_size):
-      tokens = decoding.pad_rows((ex["encoder_input_tokens"] for _, ex in chunk), input_length)
-      decoded = predictor.predict(tokens)
+      features = {k: decoding.pad_rows((ex[k] for _, ex in chunk), lengths[k])
+                  for k in predictor.model.PREDICT_FEATURES}
+      decoded = predictor.predict(features)
       out.extend((int(index), row.tolist()) for (index, _), row in zip(chunk, decoded))
       bar.update(len(chunk))
     return out
@@ -57,8 +58,8 @@ def _prediction_rows(task: seqio.Task, examples: Sequence[Mapping[str, Any]],
   return rows
 
 
-def evaluate(*, model: EncoderDecoderModel, mixture_or_task_name: str | Sequence[str],
-             checkpoint: str, task_feature_lengths: Mapping[str, int], output_dir: str,
+def evaluate(*, model: Any, mixture_or_task_name: str | Sequence[str],
+             checkpoint: str, task_feature_lengths: Mapping[str, int | str], output_dir: str,
              batch_size: int = 32, split: str = "test", num_beams: int = 1,
              mesh_shape: Sequence[int] = (-1, 1),
              register_tasks: Callable[[], Any] | None = None) -> dict[str, dict[str, float]]:
@@ -67,11 +68,15 @@ def evaluate(*, model: EncoderDecoderModel, mixture_or_task_name: str | Sequence
   Returns {task name: metrics} (metrics include 'accuracy' in percent and
   'num_examples'); parameters are loaded and decoding compiled once.
   """
+  arguments.require_positive_int(batch_size=batch_size, num_beams=num_beams)
+  arguments.require_feature_lengths(task_feature_lengths)
   if register_tasks is not None:
     register_tasks()
   names = [mixture_or_task_name] if isinstance(mixture_or_task_name, str) else list(
       mixture_or_task_name)
-  lengths = dict(task_feature_lengths)
+  # Percentile lengths ('p95') become numbers; examples the lengths cut are counted and warned of.
+  lengths = lengths_lib.audit_feature_lengths(names, task_feature_lengths, split=split,
+                                              out_dir=output_dir, scored_only=True)
   predictor, step = decoding.restore_predictor(
       model, checkpoint, mesh_shape=mesh_shape, batch_size=batch_size,
       task_feature_lengths=lengths, num_beams=num_beams)
@@ -88,13 +93,15 @@ def evaluate(*, model: EncoderDecoderModel, mixture_or_task_name: str | Sequence
 
 def _evaluate_one(name: str, predictor: decoding.Predictor, lengths: Mapping[str, int],
                   split: str, step: int | None, outputs: Path) -> dict[str, dict[str, float]]:
+  converter = predictor.model.FEATURE_CONVERTER_CLS(pack=False)
   evaluator = seqio.Evaluator(
-      name, feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split=split,
+      name, feature_converter=converter, eval_split=split,
       sequence_length=dict(lengths), use_memory_cache=False, async_compute_metrics=False)
   if not evaluator.eval_tasks:
     raise ValueError(f"{name!r} has no scored task with a {split!r} split")
   all_metrics, all_outputs = evaluator.evaluate(
-      compute_metrics=True, step=step, predict_fn=_predict_fn(predictor, lengths["inputs"], name))
+      compute_metrics=True, step=step,
+      predict_fn=_predict_fn(predictor, converter.get_model_feature_lengths(dict(lengths)), name))
   all_metrics = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
   results = {}
   for task in evaluator.eval_tasks:

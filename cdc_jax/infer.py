@@ -250,8 +250,8 @@ def infer(*, model: EncoderDecoderModel, checkpoint: str, input_file: str, outpu
   rows = []
   for start in range(0, len(inputs), batch_size):
     chunk = inputs[start:start + batch_size]
-    decoded = predictor.predict(decoding.pad_rows(tokens[start:start + batch_size],
-                                                  lengths["inputs"]))
+    decoded = predictor.predict({"encoder_input_tokens": decoding.pad_rows(
+        tokens[start:start + batch_size], lengths["inputs"])})
     for item, row in zip(chunk, decoded):
       out = {"input": item.text, "prediction": vocab.decode(row.tolist())}
       if item.id is not None:

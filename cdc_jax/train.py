@@ -30,17 +30,16 @@ import numpy as np
 import optax
 
 from cdc_jax import checkpoints, consent, distributed, input_pipeline, optimizers, partitioning
-from cdc_jax import progress
+from cdc_jax import arguments, progress
 from cdc_jax import trainer as trainer_lib
-from cdc_jax.models.encoder_decoder import EncoderDecoderModel
+from cdc_jax.tasks import lengths as lengths_lib
 
 
 def _load_initial_params(trainer: trainer_lib.Trainer, state: dict, init_from: str) -> dict:
   """Replaces fresh parameters with a HF T5 checkpoint's or a cdc checkpoint's."""
   path = Path(init_from)
-  if (path / "config.json").exists():
-    from cdc_jax.models import hf_t5
-    _, params = hf_t5.load_hf_t5(path)
+  if (path / "config.json").exists() or path.is_file():  # HF T5 dir, GGUF file or HF Llama dir.
+    params = trainer.model.load_external(path)
   else:
     params, _ = checkpoints.restore_params(path)
   expected = jax.tree.map(lambda x: (x.shape, x.dtype), state["params"])
@@ -52,7 +51,7 @@ def _load_initial_params(trainer: trainer_lib.Trainer, state: dict, init_from: s
   return state
 
 
-def _check_vocabulary(model: EncoderDecoderModel, mixture_or_task_name: str) -> None:
+def _check_vocabulary(model: Any, mixture_or_task_name: str) -> None:
   import seqio
 
   for name, feature in seqio.get_mixture_or_task(mixture_or_task_name).output_features.items():
@@ -62,8 +61,8 @@ def _check_vocabulary(model: EncoderDecoderModel, mixture_or_task_name: str) -> 
           f"ids but the model's embedding only {model.config.vocab_size} rows; raise VOCAB_SIZE")
 
 
-def train(*, model: EncoderDecoderModel, mixture_or_task_name: str,
-          task_feature_lengths: Mapping[str, int], batch_size: int, train_steps: int,
+def train(*, model: Any, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int | str], batch_size: int, train_steps: int,
           model_dir: str, optimizer: optax.GradientTransformation | None = None,
           learning_rate_fn: optax.Schedule | None = None, pack: bool = True, seed: int = 0,
           mesh_shape: Sequence[int] = (-1, 1), accumulation_steps: int = 1,
@@ -74,9 +73,11 @@ def train(*, model: EncoderDecoderModel, mixture_or_task_name: str,
   """Trains ``model`` and returns the metrics of the last logged step.
 
   Args:
-    model: the model wrapper (``cdc_jax.models.encoder_decoder.build_model``).
+    model: the model wrapper (``encoder_decoder.build_model`` for T5,
+      ``decoder_only.build_model`` for a Llama-family student).
     mixture_or_task_name: a registered SeqIO task or mixture.
-    task_feature_lengths: {"inputs": ..., "targets": ...}.
+    task_feature_lengths: {"inputs": ..., "targets": ...}: tokens, or a percentile of
+      the training data ('p95'); cut examples are counted in ``model_dir/lengths.json``.
     batch_size: global batch size.
     train_steps: total optimizer steps (a resumed run continues to this).
     model_dir: checkpoints, ``metrics.jsonl``, TensorBoard events.
@@ -95,16 +96,25 @@ def train(*, model: EncoderDecoderModel, mixture_or_task_name: str,
     simulate_preemption_at_step: fault injection for drills and tests: after
       saving the checkpoint of this step, the process SIGKILLs itself.
   """
+  arguments.require_non_negative_int(train_steps=train_steps)  # 0: save the initial student.
+  arguments.require_positive_int(batch_size=batch_size, accumulation_steps=accumulation_steps,
+                                 checkpoint_every=checkpoint_every, log_every=log_every)
+  arguments.require_feature_lengths(task_feature_lengths)
   if register_tasks is not None:
     register_tasks()
   _check_vocabulary(model, mixture_or_task_name)
+  # Percentile lengths ('p95') become numbers; examples the lengths cut are counted and warned of.
+  task_feature_lengths = lengths_lib.audit_feature_lengths(
+      mixture_or_task_name, task_feature_lengths, split="train",
+      out_dir=model_dir if jax.process_index() == 0 else None)
   # Every process refuses withdrawn data; process 0 records what the run uses.
   consent.write_training_manifest(model_dir, mixture_or_task_name, write=jax.process_index() == 0)
   learning_rate_fn = learning_rate_fn or optimizers.rsqrt_schedule()
   optimizer = optimizer or optimizers.adafactor(learning_rate=learning_rate_fn)
   data = input_pipeline.DataConfig(mixture_or_task_name=mixture_or_task_name,
                                    task_feature_lengths=dict(task_feature_lengths),
-                                   batch_size=batch_size, pack=pack, seed=seed)
+                                   batch_size=batch_size, pack=pack, seed=seed,
+                                   feature_converter_cls=model.FEATURE_CONVERTER_CLS)
   mesh = partitioning.make_mesh(mesh_shape)
   trainer = trainer_lib.Trainer(
       model, optimizer, mesh, input_pipeline.model_feature_shapes(data),
@@ -114,14 +124,20 @@ def train(*, model: EncoderDecoderModel, mixture_or_task_name: str,
   checkpointer = checkpoints.Checkpointer(model_dir, keep=keep_checkpoints)
   start, consumed = 0, 0
   latest = checkpointer.latest_step()
+  base_weights = model.base_fingerprint()
   if latest is not None:
     state, meta = checkpointer.restore(latest, state)
+    checkpoints.check_base_weights(meta, base_weights, model_dir)
     start, consumed = int(state["step"]), int(meta["consumed_batches"])
     logging.info("resumed from step %d (%d batches consumed)", start, consumed)
   elif init_from:
     state = _load_initial_params(trainer, state, init_from)
   if start >= train_steps:
     logging.info("already trained to step %d >= train_steps %d", start, train_steps)
+    if latest is None:  # train_steps=0: the untrained (e.g. pretrained) student, for zero-shot eval.
+      checkpointer.save(0, state, {"consumed_batches": 0, "seed": seed,
+                                   "mixture_or_task_name": mixture_or_task_name,
+                                   "base_weights": base_weights})
     checkpointer.close()
     return {}
 
@@ -134,8 +150,7 @@ def train(*, model: EncoderDecoderModel, mixture_or_task_name: str,
   tokens, t_last, last = 0, time.perf_counter(), {}
   for step in range(start, train_steps):
     local = next(batches)
-    tokens += int(np.count_nonzero(local["encoder_input_tokens"]) +
-                  np.count_nonzero(local["decoder_target_tokens"])) * jax.process_count()
+    tokens += input_pipeline.count_tokens(local) * jax.process_count()
     state, metrics = trainer.train_step(state, trainer.place_batch(local))
     consumed += 1
     pending.append((step + 1, metrics))
@@ -153,7 +168,8 @@ def train(*, model: EncoderDecoderModel, mixture_or_task_name: str,
       pending, tokens, t_last = [], 0, time.perf_counter()
     if done % checkpoint_every == 0 or done == train_steps:
       checkpointer.save(done, state, {"consumed_batches": consumed, "seed": seed,
-                                      "mixture_or_task_name": mixture_or_task_name})
+                                      "mixture_or_task_name": mixture_or_task_name,
+                                      "base_weights": base_weights})
       if done == simulate_preemption_at_step:
         os.kill(os.getpid(), signal.SIGKILL)
   checkpointer.close()
@@ -180,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                          num_processes=args.num_processes, process_id=args.process_id,
                          auto=args.multihost_auto)
   config_cli.parse_gin(args.gin_file, bindings, args.gin_search_path)
+  config_cli.require_macros('cdc_jax.train', 'train')
   metrics = config_cli.configured('cdc_jax.train', 'train')()
   if jax.process_index() == 0:
     print(json.dumps({"final_metrics": metrics}, sort_keys=True))

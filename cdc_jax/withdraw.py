@@ -1,9 +1,17 @@
 r"""Withdraw a community's contribution from a sweep: mark affected runs stale, re-run without it.
 
     python -m cdc_jax.withdraw --community strategy --sweep runs/demo \
-        [--records id1,id2] [--reason TEXT] [--consent FILE] [--workers 2] [--no_rerun]
+        [--records id1,id2] [--reason TEXT] [--consent FILE] [--workers 2] [--no_rerun] \
+        [--manifest DIR]
+    python -m cdc_jax.withdraw --undo --community strategy [--records id1,id2] [--sweep runs/demo]
 
-1. Records the withdrawal in the consent registry (:mod:`cdc_jax.consent`).
+0. Checks everything before writing anything: each ``--sweep`` is a sweep
+   directory, the community is one its runs used (or ``--manifest`` names
+   it), and every record id exists in the community (whose manifest the
+   runs' training manifests name, or ``--manifest``). A typo writes nothing.
+1. Records the withdrawal in the consent registry (:mod:`cdc_jax.consent`),
+   atomically, with a ledger event; the counts printed are of records whose
+   state changed (ids already withdrawn are counted apart).
 2. Finds the sweep's runs that used it: their training manifest lists
    withdrawn records, or (whole-community withdrawal) they evaluated on it.
    Each is marked stale: ``result.json`` becomes ``result.stale.json`` and
@@ -20,6 +28,12 @@ r"""Withdraw a community's contribution from a sweep: mark affected runs stale, 
 
 Training itself refuses withdrawn data, so re-running the original sweep
 fails loudly on the withdrawn runs instead of silently retraining them.
+
+``--undo`` reinstates the withdrawal (the whole community's, or the records
+named) with a ``reinstate`` event in the ledger, and in each ``--sweep``
+restores the results of stale runs that now pass the consent check
+(``result.stale.json`` back to ``result.json``). Runs re-run in place
+without withdrawn records keep their new results.
 """
 
 from __future__ import annotations
@@ -57,6 +71,10 @@ class Affected:
   replacement: experiment.CoalitionSpec | None
 
 
+class WithdrawalError(ValueError):
+  """A withdrawal that names an unknown sweep, community or record; nothing was written."""
+
+
 @dataclasses.dataclass(frozen=True)
 class WithdrawalReport:
   """What a withdrawal did to a sweep."""
@@ -64,6 +82,7 @@ class WithdrawalReport:
   rerun: tuple[Path, ...]
   reused: tuple[Path, ...]
   failed: tuple[Path, ...]
+  change: consent.ConsentChange | None = None
 
   @property
   def withdrawn_only(self) -> tuple[Path, ...]:
@@ -76,6 +95,87 @@ def _manifest(run_dir: Path) -> dict[str, Any] | None:
     return consent.read_training_manifest(run_dir / "model")
   except FileNotFoundError:
     return None
+
+
+def _run_dirs(sweep_dir: Path) -> list[Path]:
+  return sorted(p for p in sweep_dir.iterdir() if (p / experiment.RUN_CONFIG).is_file())
+
+
+def check_sweep_dirs(sweep_dirs: Sequence[str | os.PathLike]) -> list[Path]:
+  """The sweep directories, each checked to exist and hold runs; else WithdrawalError."""
+  out = []
+  for sweep_dir in map(Path, sweep_dirs):
+    if not sweep_dir.is_dir():
+      raise WithdrawalError(f"sweep directory {sweep_dir} does not exist")
+    if not _run_dirs(sweep_dir):
+      raise WithdrawalError(f"{sweep_dir} holds no sweep runs (no */{experiment.RUN_CONFIG})")
+    out.append(sweep_dir)
+  return out
+
+
+def known_communities(sweep_dirs: Sequence[Path]) -> dict[str, str | None]:
+  """Community -> manifest path (None if unknown) of every community the sweeps' runs used."""
+  known: dict[str, str | None] = {}
+  for sweep_dir in sweep_dirs:
+    for run_dir in _run_dirs(sweep_dir):
+      spec = experiment.CoalitionSpec.from_json(
+          json.loads((run_dir / experiment.RUN_CONFIG).read_text())["spec"])
+      for name in (*spec.members, *(spec.evaluate_on or ())):
+        known.setdefault(name, None)
+      manifest = _manifest(run_dir)
+      if manifest is None:
+        continue
+      paths = dict(manifest.get("vocabulary", {}).get("communities", {}))
+      paths.update({c: info.get("manifest") for c, info in manifest["communities"].items()})
+      for name, path in paths.items():
+        if path and CONSENT_DATA_DIR not in Path(path).parts:  # Not a filtered copy.
+          known[name] = known.get(name) or path
+        else:
+          known.setdefault(name, None)
+  return known
+
+
+def check_withdrawal(sweep_dirs: Sequence[str | os.PathLike], community: str, *,
+                     records: Sequence[str] | None = None,
+                     manifest: str | os.PathLike | None = None) -> list[str] | None:
+  """Checks a withdrawal before anything is written; returns the distinct record ids.
+
+  Raises WithdrawalError if a sweep directory is missing, the community is
+  not one the sweeps used (nor ``manifest``'s), or a record id is not in it.
+  """
+  import difflib
+
+  sweeps = check_sweep_dirs(sweep_dirs)
+  known = known_communities(sweeps)
+  if manifest is not None:
+    name = records_lib.read_manifest(manifest).name
+    if name != community:
+      raise WithdrawalError(f"--manifest {manifest} is community {name!r}, not {community!r}")
+    known[community] = str(manifest)
+  if community not in known:
+    close = difflib.get_close_matches(community, list(known), n=1)
+    raise WithdrawalError(
+        f"community {community!r} is not used by any run of {', '.join(map(str, sweeps))}"
+        + (f"; did you mean {close[0]!r}?" if close else "")
+        + f" (known: {', '.join(sorted(known)) or 'none'}; --manifest names another)")
+  if records is None:
+    return None
+  records = list(dict.fromkeys(r.strip() for r in records if r.strip()))
+  if not records:
+    raise WithdrawalError("--records names no record id")
+  path = known[community]
+  if path is None or not Path(path).exists():
+    raise WithdrawalError(f"cannot check the record ids: no training manifest of the sweep names "
+                          f"an existing community directory of {community!r}"
+                          + (f" ({path} is gone)" if path else "") + "; pass --manifest")
+  data = records_lib.load_community(path)
+  ids = {r.id for recs in data.records.values() for r in recs}
+  unknown = [r for r in records if r not in ids]
+  if unknown:
+    raise WithdrawalError(f"{len(unknown)} record id(s) not in community {community!r} "
+                          f"({path}, {len(ids)} records): {', '.join(unknown[:10])}"
+                          + (" ..." if len(unknown) > 10 else ""))
+  return records
 
 
 def _without(spec: experiment.CoalitionSpec, community: str) -> experiment.CoalitionSpec | None:
@@ -174,17 +274,30 @@ def _run_subprocess(env: dict[str, str]) -> RunFn:
 def withdraw_from_sweep(sweep_dir: str | os.PathLike, community: str, *,
                         records: Sequence[str] | None = None, reason: str | None = None,
                         consent_path: str | os.PathLike | None = None, workers: int = 1,
-                        rerun: bool = True, run_fn: RunFn | None = None) -> WithdrawalReport:
+                        rerun: bool = True, run_fn: RunFn | None = None,
+                        manifest: str | os.PathLike | None = None) -> WithdrawalReport:
   """Withdraws ``community`` (or some of its ``records``) and repairs ``sweep_dir``.
 
-  ``run_fn(run_dir) -> exit status`` runs one prepared run (default: the
-  experiment CLI in a subprocess that sees the same consent registry).
+  Everything is checked first (:func:`check_withdrawal`): on a WithdrawalError
+  nothing is written. ``run_fn(run_dir) -> exit status`` runs one prepared run
+  (default: the experiment CLI in a subprocess that sees the same consent registry).
   """
   sweep_dir = Path(sweep_dir)
+  records = check_withdrawal([sweep_dir], community, records=records, manifest=manifest)
   consent_path = Path(consent_path) if consent_path else consent.default_registry_path()
+  change = consent.record_withdrawal(community, records=records, reason=reason,
+                                     path=consent_path)
+  report = repair_sweep(sweep_dir, community, records=records, consents=change.consents,
+                        consent_path=consent_path, workers=workers, rerun=rerun, run_fn=run_fn)
+  return dataclasses.replace(report, change=change)
+
+
+def repair_sweep(sweep_dir: str | os.PathLike, community: str, *, records: Sequence[str] | None,
+                 consents: consent.Consents, consent_path: str | os.PathLike, workers: int = 1,
+                 rerun: bool = True, run_fn: RunFn | None = None) -> WithdrawalReport:
+  """Marks the runs of ``sweep_dir`` that used withdrawn data stale and re-runs them without it."""
+  sweep_dir = Path(sweep_dir)
   now = consent.utc_now()
-  consents = consent.withdraw(community, records=records, reason=reason, path=consent_path,
-                              now=now)
   whole = records is None
   affected = affected_runs(sweep_dir, community, consents, whole_community=whole)
   for item in affected:
@@ -226,33 +339,106 @@ def withdraw_from_sweep(sweep_dir: str | os.PathLike, community: str, *,
   return WithdrawalReport(tuple(affected), tuple(todo.values()), tuple(reused), tuple(failed))
 
 
+def restore_sweep(sweep_dir: str | os.PathLike, community: str,
+                  consents: consent.Consents) -> list[Path]:
+  """After a reinstatement: restores stale runs (of ``community``) that now pass the consent check.
+
+  A run re-run in place (its stale outputs archived) keeps its new result.
+  Returns the restored run directories; rewrites the results tables.
+  """
+  sweep_dir = Path(sweep_dir)
+  restored = []
+  for run_dir in _run_dirs(sweep_dir):
+    note_path, stale = run_dir / STALE_FILENAME, run_dir / STALE_RESULT
+    finished = (run_dir / results.RESULT_FILENAME).exists()
+    if finished or not (note_path.is_file() and stale.is_file()):
+      continue
+    if json.loads(note_path.read_text()).get("community") != community:
+      continue
+    manifest = _manifest(run_dir)
+    spec = experiment.CoalitionSpec.from_json(
+        json.loads((run_dir / experiment.RUN_CONFIG).read_text())["spec"])
+    evaluated = spec.evaluate_on or spec.members
+    if manifest is None or consent.check_manifest(manifest, consents) or any(
+        consents.of(c).withdrawn_at is not None for c in evaluated):
+      continue
+    os.replace(note_path, run_dir / f"STALE.reinstated-{consent.utc_now().replace(':', '')}.json")
+    os.replace(stale, run_dir / results.RESULT_FILENAME)
+    restored.append(run_dir)
+  rows = results.collect_results(sweep_dir)
+  results.write_results(sweep_dir / results.TABLE_FILENAME, rows)
+  results.write_results_csv(sweep_dir / "results.csv", rows)
+  return restored
+
+
+def _undo(args: argparse.Namespace, records: list[str] | None) -> int:
+  sweeps = check_sweep_dirs(args.sweep or [])
+  change = consent.reinstate(args.community, records=records, reason=args.reason,
+                             path=args.consent)
+  what = (f"{len(change.changed)} record(s) of {args.community}" if records is not None
+          else f"community {args.community} (its whole-community withdrawal)")
+  print(f"reinstated {what}; recorded in the consent ledger")
+  for sweep_dir in sweeps:
+    restored = restore_sweep(sweep_dir, args.community, change.consents)
+    print(f"{sweep_dir}: restored {len(restored)} stale run(s)")
+    for run_dir in restored:
+      print(f"  {run_dir.name}")
+  return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  """Command-line entry point; returns the exit status (1 if a re-run failed)."""
+  """Command-line entry point; returns the exit status (1 if a re-run failed, 2 on bad input)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--community", required=True, help="the withdrawing community")
-  parser.add_argument("--sweep", type=Path, required=True, help="sweep directory to repair")
+  parser.add_argument("--sweep", type=Path, action="append", default=[],
+                      help="sweep directory to repair (repeatable; required unless --undo)")
   parser.add_argument("--records", default=None,
                       help="comma-separated record ids (default: the whole community)")
   parser.add_argument("--reason", default=None)
   parser.add_argument("--consent", type=Path, default=None,
                       help=f"consent registry (default ${consent.CONSENT_ENV} or the cache's)")
+  parser.add_argument("--manifest", type=Path, default=None,
+                      help="the community's directory or community.json, if no run names it")
   parser.add_argument("--workers", type=int, default=1)
   parser.add_argument("--no_rerun", action="store_true", help="only mark runs stale")
+  parser.add_argument("--undo", action="store_true",
+                      help="reinstate the withdrawal (the records named, else the community's)")
   args = parser.parse_args(argv)
-  records = [r for r in args.records.split(",") if r] if args.records else None
-  report = withdraw_from_sweep(args.sweep, args.community, records=records, reason=args.reason,
-                               consent_path=args.consent, workers=args.workers,
-                               rerun=not args.no_rerun)
-  what = f"{len(records)} record(s) of {args.community}" if records else args.community
-  print(f"withdrew {what}: {len(report.affected)} run(s) marked stale")
-  for item in report.affected:
-    target = item.replacement.run_id if item.replacement else "none (only member: withdrawn)"
-    print(f"  {item.run_dir.name}: {item.why} -> {target}")
-  print(f"re-ran {len(report.rerun)}, reused {len(report.reused)} finished run(s), "
-        f"{len(report.failed)} failed")
-  for run_dir in report.failed:
-    print(f"  FAILED: {run_dir} (see {run_dir / 'log.txt'})", file=sys.stderr)
-  return 1 if report.failed else 0
+  records = None if args.records is None else [r for r in args.records.split(",") if r.strip()]
+  try:
+    if args.undo:
+      return _undo(args, records)
+    if not args.sweep:
+      parser.error("--sweep is required (repeatable)")
+    records = check_withdrawal(args.sweep, args.community, records=records,
+                               manifest=args.manifest)
+  except (WithdrawalError, ValueError) as e:
+    print(f"withdraw: error: {e} (nothing was written)", file=sys.stderr)
+    return 2
+  consent_path = args.consent or consent.default_registry_path()
+  change = consent.record_withdrawal(args.community, records=records, reason=args.reason,
+                                     path=consent_path)
+  if records is None:
+    print(f"community {args.community} had already withdrawn entirely; nothing new withdrawn"
+          if change.already_whole else f"withdrew community {args.community} entirely")
+  else:
+    print(f"withdrew {len(change.changed)} record(s) of {args.community}"
+          + (f" ({len(change.unchanged)} already withdrawn)" if change.unchanged else ""))
+  failed = 0
+  for sweep_dir in args.sweep:
+    report = repair_sweep(sweep_dir, args.community, records=records, consents=change.consents,
+                          consent_path=consent_path, workers=args.workers,
+                          rerun=not args.no_rerun)
+    print(f"{sweep_dir}: {len(report.affected)} run(s) marked stale")
+    for item in report.affected:
+      target = item.replacement.run_id if item.replacement else "none (only member: withdrawn)"
+      print(f"  {item.run_dir.name}: {item.why} -> {target}")
+    print(f"re-ran {len(report.rerun)}, reused {len(report.reused)} finished run(s), "
+          f"{len(report.failed)} failed")
+    for run_dir in report.failed:
+      print(f"  FAILED: {run_dir} (see {run_dir / 'log.txt'})", file=sys.stderr)
+    failed += len(report.failed)
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":

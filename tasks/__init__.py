@@ -1,15 +1,9 @@
-"""cdc_jax's SeqIO tasks, registered at import (like a t5x user's task module).
+"""cdc_jax's SeqIO tasks, registered at import (in-repo alias of ``cdc_jax.tasks.register_all``).
 
 Importing ``tasks`` registers the embedded communities and every community
-manifest listed in ``$CDC_COMMUNITIES``; a gin file adds more through
-``catalog.register_tasks.communities``. Task names: ``cdc.<community>.L<level>.<format>``.
+manifest listed in ``$CDC_COMMUNITIES``. Outside a source checkout (an
+installed wheel has no top-level ``tasks``) import
+``cdc_jax.tasks.register_all`` instead.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-from cdc_jax.tasks import catalog  # pylint: disable=g-import-not-at-top
-
-REGISTERED_COMMUNITIES = catalog.register_tasks()
+from cdc_jax.tasks.register_all import REGISTERED_COMMUNITIES  # pylint: disable=unused-import

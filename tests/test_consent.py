@@ -199,7 +199,8 @@ def test_withdraw_reruns_a_real_run_that_passes_the_audit(communities, tmp_path,
   assert withdraw.main(["--community", "beta", "--sweep", str(sweep_dir), "--consent",
                         str(registry_path)]) == 0
   out = capsys.readouterr().out
-  assert "withdrew beta: 1 run(s) marked stale" in out and "re-ran 1" in out
+  assert "withdrew community beta entirely" in out and "1 run(s) marked stale" in out
+  assert "re-ran 1" in out
   run_dir = sweep_dir / "gamma.L6.label_only.s0"
   row = results.read_results(sweep_dir / results.TABLE_FILENAME)
   assert [r.run for r in row] == ["gamma.L6.label_only.s0"] and row[0].steps == 2
@@ -209,3 +210,96 @@ def test_withdraw_reruns_a_real_run_that_passes_the_audit(communities, tmp_path,
   assert audit.main([str(run_dir / "model"), "--consent", str(registry_path)]) == 0
   assert audit.main([str(stale_dir / "model"), "--consent", str(registry_path)]) == 1
   assert "community 'beta' withdrew entirely" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Hardening (issue 16): check before writing, true counts, undo recorded in the ledger.
+
+
+def test_withdraw_checks_sweeps_community_and_records_before_writing(communities, tmp_path,
+                                                                     capsys):
+  sweep_dir = tmp_path / "sweep"
+  run_dir = _finished_run(sweep_dir, ["alpha", "beta"], communities)
+  registry_path = tmp_path / "consent.json"
+  (tmp_path / "empty").mkdir()
+  common = ["--consent", str(registry_path)]
+  cases = [
+      (["--community", "alpha", "--sweep", str(tmp_path / "typo")],
+       f"sweep directory {tmp_path / 'typo'} does not exist"),
+      (["--community", "alpha", "--sweep", str(sweep_dir), "--sweep", str(tmp_path / "typo")],
+       "does not exist"),
+      (["--community", "alpha", "--sweep", str(tmp_path / "empty")], "holds no sweep runs"),
+      (["--community", "alpah", "--sweep", str(sweep_dir)],
+       "community 'alpah' is not used by any run of"),
+      (["--community", "alpah", "--sweep", str(sweep_dir)], "did you mean 'alpha'?"),
+      (["--community", "alpha", "--sweep", str(sweep_dir), "--records", "train1,nope7,train2"],
+       "1 record id(s) not in community 'alpha'"),
+      (["--community", "alpha", "--sweep", str(sweep_dir), "--records", "test100,nope7"],
+       ": nope7"),
+      (["--community", "alpha", "--sweep", str(sweep_dir), "--records", ","],
+       "--records names no record id"),
+      (["--community", "alpha", "--sweep", str(sweep_dir), "--manifest",
+        str(communities["beta"])], "is community 'beta', not 'alpha'"),
+  ]
+  for argv, message in cases:
+    assert withdraw.main(argv + common) == 2, argv
+    err = capsys.readouterr().err
+    assert message in err and "nothing was written" in err, (argv, err)
+    assert not registry_path.exists()
+    assert (run_dir / results.RESULT_FILENAME).exists() and not (run_dir / "STALE.json").exists()
+  with pytest.raises(withdraw.WithdrawalError, match="does not exist"):
+    withdraw.withdraw_from_sweep(tmp_path / "typo", "alpha", consent_path=registry_path,
+                                 run_fn=_fake_run([]))
+  assert not registry_path.exists()
+
+
+def test_withdraw_counts_truly_and_undo_is_recorded_and_restores_runs(communities, tmp_path,
+                                                                       capsys):
+  sweep_dir = tmp_path / "sweep"
+  pair = _finished_run(sweep_dir, ["alpha", "beta"], communities)
+  _finished_run(sweep_dir, ["gamma"], communities)
+  registry_path = tmp_path / "consent.json"
+  common = ["--sweep", str(sweep_dir), "--consent", str(registry_path), "--no_rerun"]
+  assert withdraw.main(["--community", "alpha", "--records", "train1,train1,train2"] + common) == 0
+  out = capsys.readouterr().out
+  assert "withdrew 2 record(s) of alpha\n" in out and "1 run(s) marked stale" in out
+  assert withdraw.main(["--community", "alpha", "--records", "train2,train3"] + common) == 0
+  assert "withdrew 1 record(s) of alpha (1 already withdrawn)" in capsys.readouterr().out
+  assert sorted(consent.read_consents(registry_path).of("alpha").records) == [
+      "train1", "train2", "train3"]
+  assert audit.main([str(pair / "model"), "--consent", str(registry_path)]) == 1
+
+  # Undo: reinstated in the registry, recorded in the ledger, the stale run restored.
+  undo = ["--undo", "--community", "alpha", "--sweep", str(sweep_dir), "--consent",
+          str(registry_path)]
+  assert withdraw.main(undo + ["--records", "train1,train2,train3"]) == 0
+  out = capsys.readouterr().out
+  assert "reinstated 3 record(s) of alpha" in out and "restored 1 stale run(s)" in out
+  assert (pair / results.RESULT_FILENAME).exists() and not (pair / "STALE.json").exists()
+  assert audit.main([str(pair / "model"), "--consent", str(registry_path)]) == 0
+  registry = consent.read_consents(registry_path)
+  assert registry.communities == {}
+  assert [(e["action"], e["records"]) for e in registry.ledger] == [
+      ("withdraw", ["train1", "train2"]), ("withdraw", ["train3"]),
+      ("reinstate", ["train1", "train2", "train3"])]
+  assert [r.run for r in results.read_results(sweep_dir / results.TABLE_FILENAME)] == [
+      "alpha_beta.L6.label_only.s0", "gamma.L6.label_only.s0"]
+  before = registry_path.read_bytes()
+  assert withdraw.main(undo + ["--records", "train1"]) == 2
+  assert "record(s) train1 of 'alpha' are not withdrawn" in capsys.readouterr().err
+  assert withdraw.main(undo) == 2
+  assert "has not withdrawn entirely" in capsys.readouterr().err
+  assert registry_path.read_bytes() == before
+
+  # Whole community: withdrawn once (a repeat says so), undone, the run restored.
+  assert withdraw.main(["--community", "beta"] + common) == 0
+  assert "withdrew community beta entirely" in capsys.readouterr().out
+  assert withdraw.main(["--community", "beta"] + common) == 0
+  assert "beta had already withdrawn entirely; nothing new withdrawn" in capsys.readouterr().out
+  assert not (pair / results.RESULT_FILENAME).exists()
+  assert withdraw.main(["--undo", "--community", "beta", "--sweep", str(sweep_dir), "--consent",
+                        str(registry_path)]) == 0
+  assert "restored 1 stale run(s)" in capsys.readouterr().out
+  assert (pair / results.RESULT_FILENAME).exists()
+  assert [e["action"] for e in consent.read_consents(registry_path).ledger][-3:] == [
+      "withdraw", "withdraw", "reinstate"]

@@ -45,7 +45,8 @@ def _direct(trained, texts):
   """Predictions of Predictor itself for ``texts``, tokenized as the tasks do."""
   vocab = trained["vocab"]
   rows = [list(vocab.encode(t))[:LENGTHS["inputs"] - 1] + [1] for t in texts]
-  decoded = trained["predictor"].predict(decoding.pad_rows(rows, LENGTHS["inputs"]))
+  decoded = trained["predictor"].predict(
+      {"encoder_input_tokens": decoding.pad_rows(rows, LENGTHS["inputs"])})
   return [vocab.decode(r.tolist()) for r in decoded]
 
 

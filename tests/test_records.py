@@ -127,3 +127,129 @@ def test_write_community_rejects_foreign_records(tmp_path):
   with pytest.raises(ValueError, match="does not belong"):
     R.write_community(tmp_path, manifest, {"train": [make_record()]})
   assert not (tmp_path / "community.json").exists()
+
+
+# ---------------------------------------------------------------------------
+# Hardening (issue 16): level keys, manifest shapes, symlinks, size limits.
+
+
+@pytest.mark.parametrize("rationales", [
+    {"06": "x"}, {" 6 ": "x"}, {"+6": "x"}, {"\u0666": "x"}, {"6": "x", "06": "y"}, {"6.0": "x"}])
+def test_level_keys_are_exactly_the_strings_1_to_6(tmp_path, rationales):
+  bad = dict(make_record(id="q2").to_json(), rationales=rationales)
+  path = write_lines(tmp_path / "train.jsonl", [make_record().to_json(), bad])
+  with pytest.raises(R.RecordError, match=r"train\.jsonl:2: field 'rationales': unknown level"):
+    R.read_records(path)
+
+
+@pytest.mark.parametrize("choices", [["sand", "water", "Water"], ["sand", "water", " water "],
+                                     ["Sand", "water", "sand", "sand"]])
+def test_choices_differing_only_in_case_or_spaces_are_refused(tmp_path, choices):
+  bad = dict(make_record(id="q2").to_json(), choices=choices)
+  path = write_lines(tmp_path / "train.jsonl", [make_record().to_json(), bad])
+  with pytest.raises(R.RecordError, match=r"train\.jsonl:2: field 'choices': duplicate choice"):
+    R.read_records(path)
+
+
+def test_exactly_repeated_choices_are_counted(tmp_path):
+  # Published CommonsenseQA repeats a choice verbatim in 146 questions: one answer, so kept, counted.
+  repeated = dict(make_record(id="q2").to_json(), choices=["sand", "water", "sand"])
+  path = write_lines(tmp_path / "train.jsonl", [make_record().to_json(), repeated])
+  report = R.ReadReport("toy")
+  assert len(R.read_records(path, report=report)) == 2
+  assert report.repeated_choices == {"train": 1}
+  assert str(report).endswith("train: 2 records; rationales L1=2 L6=2; 1 repeat a choice")
+
+
+def _toy_manifest(**overrides):
+  return dict({"name": "toy", "description": "", "answer_type": "choice",
+               "splits": {"train": "train.jsonl"}, "license": "x"}, **overrides)
+
+
+def test_manifest_levels_must_cover_the_records_levels(tmp_path):
+  write_lines(tmp_path / "train.jsonl", [make_record().to_json()])  # Levels 1 and 6.
+  (tmp_path / "community.json").write_text(json.dumps(_toy_manifest(levels=[1])))
+  with pytest.raises(R.RecordError, match=r"train\.jsonl:1: field 'rationales': level 6 is not "
+                     r"among the manifest's levels \[1\]"):
+    R.load_community(tmp_path)
+  (tmp_path / "community.json").write_text(json.dumps(_toy_manifest(levels=[1, 6])))
+  assert R.load_community(tmp_path).report.records["train"] == 1
+  manifest = R.CommunityManifest(**_toy_manifest(levels=(6,)))
+  with pytest.raises(ValueError, match="lists only \\[6\\]"):
+    R.write_community(tmp_path / "w", manifest, {"train": [make_record()]})
+
+
+@pytest.mark.parametrize("content, message", [
+    (json.dumps([_toy_manifest()]), "expected a JSON object, got a list"),
+    (json.dumps(_toy_manifest(splits=["train.jsonl"])), "field 'splits': expected an object"),
+    (json.dumps(_toy_manifest(splits=None)), "field 'splits': expected an object"),
+    (json.dumps(_toy_manifest(splits={"train": "."})), "relative path inside"),
+    (json.dumps(_toy_manifest(splits={"train": 3})), "field 'splits.train'"),
+    (json.dumps(_toy_manifest(levels=6)), "field 'levels': expected a list"),
+    (b'{"name": "toy", "description": "caf\xe9"}', "not UTF-8: byte 0xe9 at column 36"),
+])
+def test_malformed_manifests_name_the_file(tmp_path, content, message):
+  path = tmp_path / "community.json"
+  path.write_bytes(content if isinstance(content, bytes) else content.encode())
+  with pytest.raises(R.RecordError) as info:
+    R.load_community(tmp_path)
+  assert str(info.value).startswith(str(path)) and message in str(info.value)
+
+
+def test_split_that_is_a_directory_or_not_utf8_names_the_file(tmp_path):
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "community.json").write_text(json.dumps(_toy_manifest(splits={"train": "sub/"})))
+  with pytest.raises(R.RecordError, match="relative path inside"):
+    R.load_community(tmp_path)
+  (tmp_path / "community.json").write_text(json.dumps(_toy_manifest(splits={"train": "sub"})))
+  with pytest.raises(R.RecordError, match=r"sub: is a directory"):
+    R.load_community(tmp_path)
+  good = json.dumps(make_record().to_json()).encode()
+  (tmp_path / "train.jsonl").write_bytes(good + b"\n" + good.replace(b"Which", b"Wh\xffich") + b"\n")
+  with pytest.raises(R.RecordError, match=r"train\.jsonl:2: not UTF-8: byte 0xff"):
+    R.read_records(tmp_path / "train.jsonl")
+
+
+def test_symlinks_leaving_the_community_directory_are_refused(tmp_path):
+  outside = write_lines(tmp_path / "secret.jsonl", [make_record().to_json()])
+  community = tmp_path / "toy"
+  community.mkdir()
+  (community / "community.json").write_text(json.dumps(_toy_manifest()))
+  (community / "train.jsonl").symlink_to(outside)
+  with pytest.raises(R.RecordError, match=r"toy/train\.jsonl: resolves to .*secret\.jsonl, "
+                     r"outside the community directory"):
+    R.load_community(community)
+  # A symlink that stays inside is fine.
+  (community / "train.jsonl").unlink()
+  write_lines(community / "real.jsonl", [make_record().to_json()])
+  (community / "train.jsonl").symlink_to("real.jsonl")
+  assert len(R.load_community(community).records["train"]) == 1
+
+
+def test_lines_and_fields_over_the_size_limits_are_refused_while_reading(tmp_path, monkeypatch):
+  good = make_record().to_json()
+  # A 5 MB question: over the default 4 MB line limit, refused before the line is parsed.
+  huge = dict(make_record(id="q2").to_json(), question="x" * (5 << 20))
+  path = write_lines(tmp_path / "train.jsonl", [good, huge])
+  with pytest.raises(R.RecordError, match=r"train\.jsonl:2: line longer than 4194304 bytes"):
+    R.read_records(path)
+  # A 2 MB rationale fits the line limit but not the 1 MB field limit.
+  big = dict(make_record(id="q2").to_json(), rationales={"6": "y" * (2 << 20)})
+  path = write_lines(tmp_path / "train.jsonl", [good, big])
+  with pytest.raises(R.RecordError, match=r"train\.jsonl:2: field 'rationales\.6': 2097152 bytes, "
+                     r"over the limit of 1048576"):
+    R.read_records(path)
+  # Configurable: by argument and by environment; bytes, not characters, count.
+  small = R.ReadLimits(max_line_bytes=10_000, max_field_bytes=20)
+  path = write_lines(tmp_path / "train.jsonl", [dict(good, question="é" * 11)])
+  with pytest.raises(R.RecordError, match=r"train\.jsonl:1: field 'question': 22 bytes"):
+    R.read_records(path, limits=small)
+  assert len(R.read_records(path)) == 1
+  monkeypatch.setenv(R.LINE_LIMIT_ENV, "100")
+  with pytest.raises(R.RecordError, match=r"train\.jsonl:1: line longer than 100 bytes"):
+    R.read_records(path)
+  monkeypatch.setenv(R.LINE_LIMIT_ENV, "lots")
+  with pytest.raises(ValueError, match="CDC_MAX_LINE_BYTES='lots'"):
+    R.read_records(path)
+  with pytest.raises(ValueError, match="max_field_bytes must be a positive integer"):
+    R.ReadLimits(max_field_bytes=0)

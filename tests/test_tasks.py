@@ -167,7 +167,7 @@ def test_coalition_mixture_samples_members_at_their_rates(tmp_path, vocab):
       dict(zip(members, [0.5, 1 / 6, 1 / 3])))
   name = f"coal_{uuid.uuid4().hex[:6]}"
   mixture = registry.register_coalition(name, members, level=6, fmt="cot_label",
-                                        rates=dict(zip(members, [6, 3, 1])))
+                                        rates=dict(zip(members, [6, 3, 1])), normalize=True)
   assert mixture == f"cdc.{name}.L6.cot_label"
   ds = seqio.get_mixture_or_task(mixture).get_dataset(
       {"inputs": 32, "targets": 32}, split="train", shuffle=True, seed=0, num_epochs=None)
@@ -180,3 +180,87 @@ def test_coalition_mixture_samples_members_at_their_rates(tmp_path, vocab):
                                 rates={members[0]: 1.0})
   with pytest.raises(ValueError, match="community's name"):
     registry.register_coalition(members[0], members, level=6, fmt="cot_label")
+
+
+# ---------------------------------------------------------------------------
+# Hardening (issue 16): mixture proportions, coalition names, empty splits.
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), True, False, 0, -0.5, "0.5", None])
+def test_mixture_proportions_must_be_finite_positive_real_numbers(tmp_path, vocab, bad):
+  members = _register_members(tmp_path, vocab, [3, 3])
+  with pytest.raises(ValueError, match=f"proportion of '{members[0]}' must be a finite positive"):
+    registry.register_coalition(f"c_{uuid.uuid4().hex[:6]}", members, level=6, fmt="cot_label",
+                                rates={members[0]: bad, members[1]: 0.5})
+
+
+def test_proportions_not_summing_to_one_need_normalize(tmp_path, vocab):
+  members = _register_members(tmp_path, vocab, [3, 3])
+  rates = {members[0]: 2.0, members[1]: 1.0}
+  with pytest.raises(ValueError, match=r"sum to 3, not 1; pass normalize=True"):
+    registry.coalition_rates(members, rates, level=6, fmt="cot_label")
+  assert registry.coalition_rates(members, rates, level=6, fmt="cot_label",
+                                  normalize=True) == pytest.approx({members[0]: 2 / 3,
+                                                                    members[1]: 1 / 3})
+  assert registry.coalition_rates(members, {members[0]: 0.7, members[1]: 0.3}, level=6,
+                                  fmt="cot_label") == pytest.approx({members[0]: 0.7,
+                                                                     members[1]: 0.3})
+
+
+def test_coalition_name_means_one_set_of_members_and_levels_are_checked(tmp_path, vocab):
+  a, b, c = _register_members(tmp_path, vocab, [3, 3, 3])
+  name = f"c_{uuid.uuid4().hex[:6]}"
+  assert registry.register_coalition(name, [a, b], level=6, fmt="cot_label") == \
+      f"cdc.{name}.L6.cot_label"
+  assert registry.register_coalition(name, [b, a], level=6, fmt="cot_label") == \
+      f"cdc.{name}.L6.cot_label"  # Same members: idempotent.
+  with pytest.raises(ValueError, match=f"'{name}' is already registered with members"):
+    registry.register_coalition(name, [a, c], level=6, fmt="cot_label")
+  with pytest.raises(ValueError, match="invalid rationale level 7"):
+    registry.register_coalition(name + "x", [a, b], level=7, fmt="cot_label", rates="examples")
+  with pytest.raises(ValueError, match="invalid rationale level 7"):
+    registry.coalition_rates([a, b], "examples", level=7, fmt="cot_label")
+  with pytest.raises(ValueError, match="unknown target format"):
+    registry.coalition_rates([a, b], "examples", level=6, fmt="cot")
+
+
+def test_rates_by_examples_name_a_member_without_usable_records(tmp_path, vocab):
+  a, b = _register_members(tmp_path, vocab, [3, 3])
+  with pytest.raises(ValueError, match=f"community '{a}' has no training records with a "
+                     "level-1 rationale"):
+    registry.coalition_rates([a, b], "examples", level=1, fmt="cot_label")
+
+
+def _with_empty_split(tmp_path, vocab, split):
+  name = f"e_{uuid.uuid4().hex[:8]}"
+  path = toy_community(tmp_path, name)
+  records = dict(R.load_community(path).records)
+  records[split] = []
+  R.write_community(tmp_path / name, R.read_manifest(path), records)
+  registry.register_community(path, vocabulary=vocab, options=registry.TaskOptions(
+      levels=(6,), formats=("cot_label",)))
+  return name, path.parent / f"{split}.jsonl"
+
+
+def test_empty_train_split_is_refused_where_training_reads_it(tmp_path, vocab):
+  from cdc_jax import input_pipeline
+
+  name, file = _with_empty_split(tmp_path, vocab, "train")
+  data = input_pipeline.DataConfig(mixture_or_task_name=names.task_name(name, 6, "cot_label"),
+                                   task_feature_lengths={"inputs": 16, "targets": 16},
+                                   batch_size=2)
+  with pytest.raises(ValueError, match=f"{file}: split 'train' of community '{name}' has no "
+                     "records: nothing to train on"):
+    next(input_pipeline.train_batches(data))
+
+
+def test_empty_test_split_is_refused_where_evaluation_reads_it(tmp_path, vocab):
+  name, file = _with_empty_split(tmp_path, vocab, "test")
+  with pytest.raises(ValueError, match=f"{file}: split 'test' of community '{name}' has no "
+                     "records: nothing to evaluate"):
+    seqio.Evaluator(names.task_name(name, 6, "cot_label"),
+                    feature_converter=seqio.EncDecFeatureConverter(pack=False),
+                    eval_split="test", sequence_length={"inputs": 16, "targets": 16},
+                    use_memory_cache=False)
+  # The train split is still usable.
+  assert first(names.task_name(name, 6, "cot_label"))["id"] == b"t0"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from cdc_jax import names
+from cdc_jax import compilation_cache, names
 
 RUN_CONFIG = "run.json"
 
@@ -41,6 +41,8 @@ class CoalitionSpec:
       non-members measures what the coalition's student gives outsiders.
     eps: privacy budget the traces were perturbed with (recorded only).
     selection: contribution policy the traces were selected with (recorded only).
+    baseline: None to train; 'zero_shot' evaluates the student before any
+      fine-tuning (a step-0 checkpoint: meaningful for a pretrained student).
   """
   members: tuple[str, ...]
   level: int
@@ -50,9 +52,12 @@ class CoalitionSpec:
   evaluate_on: tuple[str, ...] | None = None
   eps: float | None = None
   selection: str | None = None
+  baseline: str | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "members", tuple(sorted(self.members)))
+    if self.baseline not in (None, "zero_shot"):
+      raise ValueError(f"baseline must be None or 'zero_shot', got {self.baseline!r}")
     if not self.members or len(set(self.members)) != len(self.members):
       raise ValueError(f"a coalition needs distinct members, got {self.members}")
     for m in self.members:
@@ -84,6 +89,8 @@ class CoalitionSpec:
       run_id += f".eps{self.eps:g}"
     if self.selection is not None:
       run_id += "." + re.sub(r"[^A-Za-z0-9_=-]+", "-", self.selection)
+    if self.baseline is not None:
+      run_id = f"{self.baseline}.{run_id}"
     return run_id
 
   def to_json(self) -> dict[str, Any]:
@@ -132,7 +139,10 @@ def run_coalition(spec: CoalitionSpec, run_dir: str | os.PathLike, *,
     register_tasks()
   mixture = register_mixture(spec)
   model_dir = run_dir / "model"
-  train_fn(mixture_or_task_name=mixture, model_dir=str(model_dir), seed=spec.seed)
+  if spec.baseline == "zero_shot":  # The student as it starts: a step-0 checkpoint.
+    train_fn(mixture_or_task_name=mixture, model_dir=str(model_dir), seed=spec.seed, train_steps=0)
+  else:
+    train_fn(mixture_or_task_name=mixture, model_dir=str(model_dir), seed=spec.seed)
   evaluate_on = spec.evaluate_on or spec.members
   scores = evaluate_fn(mixture_or_task_name=[eval_task(c, spec.level, spec.fmt) for c in evaluate_on],
                        checkpoint=str(model_dir), output_dir=str(run_dir / "eval"))
@@ -141,8 +151,11 @@ def run_coalition(spec: CoalitionSpec, run_dir: str | os.PathLike, *,
     task_scores = scores[eval_task(c, spec.level, spec.fmt)]
     accuracy[c] = task_scores["accuracy"] / 100.0  # Results hold fractions, metrics percent.
     num_examples[c] = int(task_scores["num_examples"])
+  write_run_examples(run_dir, spec, evaluate_on)
 
   def contributed(m: str) -> int:
+    if spec.baseline is not None:
+      return 0
     info = registry.registered_community(m)
     return info.total_train if spec.fmt == "label_only" else info.train_examples[spec.level]
 
@@ -152,9 +165,26 @@ def run_coalition(spec: CoalitionSpec, run_dir: str | os.PathLike, *,
       train_examples={m: contributed(m) for m in spec.members},
       steps=int(checkpoints.Checkpointer(model_dir).latest_step() or 0),
       wall_s=round(time.time() - start, 1), proportions=spec.proportions, eps=spec.eps,
-      selection=spec.selection)
+      selection=spec.selection, baseline=spec.baseline)
   results.write_result(run_dir, row)
   return row
+
+
+def write_run_examples(run_dir: str | os.PathLike, spec: CoalitionSpec,
+                       evaluate_on: Sequence[str]) -> int:
+  """Writes the run's ``examples.jsonl`` from its predictions; returns the lines written."""
+  from cdc_jax.coalitions import examples as examples_lib
+  from cdc_jax.coalitions import results
+  from cdc_jax.data import records as records_lib
+  from cdc_jax.tasks import registry
+
+  outcomes = []
+  for c in evaluate_on:
+    community = records_lib.load_community(registry.registered_community(c).manifest_path)
+    outcomes += examples_lib.outcomes_from_predictions(
+        Path(run_dir) / "eval" / f"{eval_task(c, spec.level, spec.fmt)}.predictions.jsonl", c,
+        community.records.get("test", []), [r.answer for r in community.records.get("train", [])])
+  return examples_lib.write_examples(Path(run_dir) / results.EXAMPLES_FILENAME, outcomes)
 
 
 def write_run_config(run_dir: str | os.PathLike, spec: CoalitionSpec, *,
@@ -167,16 +197,6 @@ def write_run_config(run_dir: str | os.PathLike, spec: CoalitionSpec, *,
       {"spec": spec.to_json(), "gin_files": list(gin_files), "gin_bindings": list(gin_bindings)},
       indent=2, sort_keys=True) + "\n")
   return path
-
-
-def enable_compilation_cache() -> None:
-  """Shares compiled XLA programs between runs of a sweep (same shapes, same program)."""
-  import jax
-  from cdc_jax.tasks import vocabulary
-
-  cache = os.environ.get("CDC_XLA_CACHE", str(vocabulary.default_cache_dir() / "xla"))
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -199,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   config = json.loads((Path(args.run_dir) / RUN_CONFIG).read_text())
   spec = CoalitionSpec.from_json(config["spec"])
   config_cli.parse_gin(config["gin_files"], config["gin_bindings"])
-  enable_compilation_cache()
+  compilation_cache.enable()  # The runs of a sweep share programs (same shapes).
   row = run_coalition(spec, args.run_dir,
                       train_fn=config_cli.configured("cdc_jax.train", "train"),
                       evaluate_fn=config_cli.configured("cdc_jax.evaluate", "evaluate"),

@@ -9,7 +9,9 @@ Submodules (import them directly; this package imports nothing heavy):
 - ``variants``: sweeps over eps (perturbed communities per budget) and over
   the key-token budget k.
 - ``attribution``: a key-token selector by gradient x input of a trained student.
-- ``selection``: learnability-aware and random trace selection under a budget.
+- ``selection``: trace selection policies (learnability_gap of ``allocation``, heuristic,
+  random) under explicit ``budgets``, with ``rewards`` from a model or the teacher;
+  ``allocation_sweep``: a policy vs random at equal tokens.
 - ``figures``: accuracy vs tokens shared (k).
 
 Consent and withdrawal live in ``cdc_jax.consent``, ``cdc_jax.withdraw`` and

@@ -1,29 +1,32 @@
-r"""Learnability-aware contribution: which traces a community shares under a budget.
+r"""Contribution selection: which training traces a community shares under a budget.
 
-    python -m cdc_jax.contribution.selection --community DIR --out DIR --budget 100 \
-        --policy learnability --checkpoint MODEL_DIR --size tiny --vocab_size 1024 \
-        [--version 1.1] [--spm_model VOCAB.model] [--level 6] [--format cot_label]
-    python -m cdc_jax.contribution.selection --community DIR --out DIR --budget 100 --policy random
+    python -m cdc_jax.contribution.selection --community DIR --out DIR --budget_traces 100 \
+        --policy learnability_gap --checkpoint MODEL_DIR --size tiny --vocab_size 1024 \
+        [--reference_checkpoint STRONGER_DIR] [--gin_file gin/contribution/allocation.gin] \
+        [--gin.MAX_GAP=2.0] [--spm_model VOCAB.model] [--level 6] [--format cot_label]
+    python -m cdc_jax.contribution.selection --community DIR --out DIR --policy random \
+        --match_tokens_of OTHER_OUT/selection.json --spm_model VOCAB.model
 
-Each training trace r gets
+Budgets are explicit: ``--budget_traces N`` (traces kept), ``--budget_fraction F``
+(a fraction in (0, 1] of the training traces), ``--budget_tokens T`` (training
+tokens kept: inputs + targets of the trained format, EOS included), or
+``--match_tokens_of`` another selection's kept tokens (the equal-token random
+baseline). Policies (:data:`POLICIES`, :func:`register_policy`):
 
-    score(r) = w * L(r) + (1 - w) * U(r)          (w = ``weight``, default 0.5)
+- ``learnability_gap`` (LaDa): the learnable band of
+  :mod:`cdc_jax.contribution.allocation`, largest gap first; student reward =
+  mean per-token log-likelihood of the trace's training target under the
+  student, reference reward = the same under ``--reference_checkpoint`` (else
+  the ceiling 0: the gap is the student's per-token loss). Thresholds: gin.
+- ``heuristic``: ``w * rank(student log-likelihood) + (1 - w) * teacher
+  confidence`` (:mod:`cdc_jax.contribution.heuristic`); prefers what the
+  student already fits.
+- ``random``: a seeded shuffle.
 
-**Learnability** L: the mean per-token log-likelihood of r's training target
-(format ``fmt`` at ``level``) under the current student, turned into its rank
-within the community scaled to [0, 1] (1 = the most learnable; ties share a
-rank), so it is on U's scale whatever the loss values. **Usefulness** U:
-the teacher's confidence, the mean of the components that are known:
-``correct`` (1 if ``teacher_answer`` matches the gold answer, 0 if not) and
-``agreement`` (the fraction of r's rationale levels that support the gold
-answer: for numbers the rationale's last number equals it, for text and
-choices the normalised answer occurs in it; boolean rationales do not state
-an answer and are not counted); U = 0.5 when neither is known.
-
-The ``budget`` highest-scoring traces are kept (ties: smaller id first); the
-``random`` policy keeps a seeded sample of the same size. Other splits are
-copied unchanged. Kept records carry ``provenance["selection"] = {"policy",
-"budget", "of"}``; per-record scores go to ``selection.json``.
+The budget is filled down the policy's order (ties: smaller id; tokens: first
+fit). Other splits are copied unchanged. Kept records carry
+``provenance["selection"] = {"policy", "budget", "of"}``; per-record scores,
+bands and counts go to ``selection.json``.
 """
 
 from __future__ import annotations
@@ -35,128 +38,165 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
-from cdc_jax import answers as answers_lib
+from cdc_jax.contribution import allocation, budgets, heuristic, rewards
+from cdc_jax.contribution.allocation import GapBand
+from cdc_jax.contribution.budgets import Budget, TokenCounter
+from cdc_jax.contribution.rewards import Reward
 from cdc_jax.data import records as records_lib
 
-POLICIES = ("learnability", "random")
 SELECTION_FILENAME = "selection.json"
-Learnability = Callable[[Sequence[records_lib.TraceRecord]], Sequence[float]]
-"""``learnability(records) -> values``, higher = more learnable (e.g. mean token log-likelihood)."""
 
 
-def teacher_correct(record: records_lib.TraceRecord) -> float | None:
-  """1.0 / 0.0 if the teacher's answer is known to be right / wrong, else None."""
-  correct = record.teacher_correct
-  return None if correct is None else float(correct)
-
-
-def _supports(rationale: str, record: records_lib.TraceRecord) -> bool | None:
-  if record.answer_type == "boolean":
-    return None
-  if record.answer_type == "number":
-    stated = answers_lib.extract_answer(rationale, "number")
-    return answers_lib.answers_match(stated, record.answer, "number")
-  answer = answers_lib.normalize_text(record.answer)
-  return bool(answer) and f" {answer} " in f" {answers_lib.normalize_text(rationale)} "
-
-
-def level_agreement(record: records_lib.TraceRecord) -> float | None:
-  """Fraction of rationale levels supporting the gold answer (None if none can tell)."""
-  votes = [_supports(text, record) for _, text in sorted(record.rationales.items())]
-  votes = [v for v in votes if v is not None]
-  return sum(votes) / len(votes) if votes else None
-
-
-def usefulness(record: records_lib.TraceRecord) -> float:
-  """Teacher confidence U in [0, 1]: mean of the known components (0.5 if none)."""
-  parts = [p for p in (teacher_correct(record), level_agreement(record)) if p is not None]
-  return sum(parts) / len(parts) if parts else 0.5
-
-
-def rank_scale(values: Sequence[float]) -> list[float]:
-  """Ranks scaled to [0, 1] (largest value -> 1; ties share their mean rank; one value -> 1)."""
-  values = np.asarray(values, np.float64)
-  if not np.all(np.isfinite(values)):
-    raise ValueError("learnability values must be finite")
-  if len(values) <= 1:
-    return [1.0] * len(values)
-  order = np.argsort(values, kind="stable")
-  ranks = np.empty(len(values))
-  ranks[order] = np.arange(len(values))
-  for value in np.unique(values):  # Mean rank for ties.
-    tied = values == value
-    ranks[tied] = ranks[tied].mean()
-  return (ranks / (len(values) - 1)).tolist()
+# ---------------------------------------------------------------------------
+# Policies.
 
 
 @dataclasses.dataclass(frozen=True)
-class TraceScore:
-  """One trace's contribution score and its parts."""
-  id: str
-  learnability: float
-  learnability_rank: float
-  usefulness: float
-  score: float
+class PolicyInputs:
+  """What the policies may use; each takes the fields it needs.
+
+  Attributes:
+    student: the student's reward (heuristic, learnability_gap).
+    reference: the reference's reward (learnability_gap; None: ``reference_ceiling``).
+    band: the learnability_gap thresholds.
+    reference_ceiling: the reference reward when there is no reference model.
+    weight: the heuristic's w.
+    seed: the random policy's seed.
+  """
+  student: Reward | None = None
+  reference: Reward | None = None
+  band: GapBand = GapBand()
+  reference_ceiling: float = 0.0
+  weight: float = 0.5
+  seed: int = 0
 
 
-def score_traces(records: Sequence[records_lib.TraceRecord], *, learnability: Learnability,
-                 weight: float = 0.5) -> list[TraceScore]:
-  """``score = weight * rank(learnability) + (1 - weight) * usefulness`` per record."""
-  if not 0 <= weight <= 1:
-    raise ValueError(f"weight must be in [0, 1], got {weight}")
-  values = [float(v) for v in learnability(records)]
-  if len(values) != len(records):
-    raise ValueError(f"learnability returned {len(values)} values for {len(records)} records")
-  ranks = rank_scale(values)
-  out = []
-  for record, value, rank in zip(records, values, ranks):
-    u = usefulness(record)
-    out.append(TraceScore(record.id, value, rank, u, weight * rank + (1 - weight) * u))
-  return out
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+  """A policy's answer: eligible ids best first, per-candidate scores, a report."""
+  order: tuple[str, ...]
+  scores: tuple[Mapping[str, Any], ...] = ()
+  report: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _budget(budget: int | float, total: int) -> int:
-  if isinstance(budget, bool) or budget <= 0:
-    raise ValueError(f"budget must be a positive count or a fraction in (0, 1], got {budget!r}")
-  if isinstance(budget, float) and budget <= 1:
-    return max(1, round(budget * total))
-  return min(int(budget), total)
+Policy = Callable[[Sequence[records_lib.TraceRecord], PolicyInputs], Ranking]
 
 
-def select_by_score(records: Sequence[records_lib.TraceRecord], scores: Sequence[TraceScore], *,
-                    budget: int | float) -> list[records_lib.TraceRecord]:
-  """The ``budget`` highest-scoring records (ties: smaller id), in their original order."""
-  by_id = {s.id: s.score for s in scores}
-  keep = set(sorted(by_id, key=lambda i: (-by_id[i], i))[:_budget(budget, len(records))])
-  return [r for r in records if r.id in keep]
+def _need_student(inputs: PolicyInputs, policy: str) -> Reward:
+  if inputs.student is None:
+    raise ValueError(f"the {policy} policy needs the student's reward (PolicyInputs.student)")
+  return inputs.student
 
 
-def select_random(records: Sequence[records_lib.TraceRecord], *, budget: int | float,
-                  seed: int = 0) -> list[records_lib.TraceRecord]:
-  """A seeded random sample of ``budget`` records, in their original order."""
-  keep = set(random.Random(seed).sample([r.id for r in records], _budget(budget, len(records))))
-  return [r for r in records if r.id in keep]
+def heuristic_policy(records: Sequence[records_lib.TraceRecord],
+                     inputs: PolicyInputs) -> Ranking:
+  """Every record, by the heuristic score (ties: smaller id)."""
+  scores = heuristic.score_traces(records, learnability=_need_student(inputs, "heuristic"),
+                                  weight=inputs.weight)
+  order = tuple(s.id for s in sorted(scores, key=lambda s: (-s.score, s.id)))
+  return Ranking(order, tuple(dataclasses.asdict(s) for s in scores), {"weight": inputs.weight})
 
 
-def selection_name(policy: str, budget: int | float) -> str:
-  """The ``selection`` a run on the selected data records, e.g. 'learnability:budget=100'."""
-  return f"{policy}:budget={budget:g}"
+def learnability_gap_policy(records: Sequence[records_lib.TraceRecord],
+                            inputs: PolicyInputs) -> Ranking:
+  """The learnable band only, largest gap first; the report has bands and the reverse direction."""
+  student = rewards.reward_values(_need_student(inputs, "learnability_gap"), records, "student")
+  reference = (None if inputs.reference is None
+               else rewards.reward_values(inputs.reference, records, "reference"))
+  gaps = allocation.gap_scores(records, student=student, reference=reference, band=inputs.band,
+                               reference_ceiling=inputs.reference_ceiling)
+  report = {"band": dataclasses.asdict(inputs.band), **allocation.gap_report(gaps),
+            "reference": "model" if reference is not None else
+                         f"ceiling={inputs.reference_ceiling:g}"}
+  return Ranking(tuple(allocation.learnable_order(gaps)),
+                 tuple(dataclasses.asdict(g) for g in gaps), report)
+
+
+def random_policy(records: Sequence[records_lib.TraceRecord], inputs: PolicyInputs) -> Ranking:
+  """Every record in a seeded random order."""
+  order = [r.id for r in records]
+  random.Random(inputs.seed).shuffle(order)
+  return Ranking(tuple(order), (), {"seed": inputs.seed})
+
+
+POLICIES: dict[str, Policy] = {}
+
+
+def register_policy(name: str, policy: Policy) -> None:
+  """Adds a policy under ``name``; a duplicate name raises."""
+  if name in POLICIES:
+    raise ValueError(f"selection policy {name!r} is already registered")
+  POLICIES[name] = policy
+
+
+register_policy("learnability_gap", learnability_gap_policy)
+register_policy("heuristic", heuristic_policy)
+register_policy("random", random_policy)
+
+
+def get_policy(name: str) -> Policy:
+  """The registered policy ``name`` (unknown: an error listing the registered ones)."""
+  if name not in POLICIES:
+    raise ValueError(f"unknown selection policy {name!r}: expected one of {sorted(POLICIES)}")
+  return POLICIES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """The records a policy kept under a budget, in their original order."""
+  records: tuple[records_lib.TraceRecord, ...]
+  ranking: Ranking
+  kept_tokens: int | None
+  tokens: Mapping[str, int] | None
+
+
+def select(records: Sequence[records_lib.TraceRecord], *, policy: str, budget: Budget,
+           inputs: PolicyInputs = PolicyInputs(),
+           count_tokens: TokenCounter | None = None) -> Selection:
+  """Ranks ``records`` with ``policy`` and keeps the best that fit ``budget``."""
+  rank = get_policy(policy)
+  tokens = None if count_tokens is None else budgets.token_counts(records, count_tokens)
+  ranking = rank(records, inputs)
+  keep = set(budgets.take_within_budget(ranking.order, budget, total=len(records),
+                                        tokens=tokens))
+  chosen = tuple(r for r in records if r.id in keep)
+  kept_tokens = None if tokens is None else sum(tokens[r.id] for r in chosen)
+  return Selection(chosen, ranking, kept_tokens, tokens)
+
+
+def matched_token_budget(summary: Mapping[str, Any]) -> Budget:
+  """The token budget a selection actually used (``selection.json``): the equal-token baseline."""
+  kept = summary.get("kept_tokens")
+  if kept == 0:
+    raise ValueError(f"the selection of {summary.get('source', '?')} kept no traces: there is no "
+                     "token budget to match (widen its band or budget)")
+  if not isinstance(kept, int) or kept < 1:
+    raise ValueError(f"selection summary of {summary.get('source', '?')} has no kept_tokens "
+                     f"(got {kept!r}): select it with a token counter (--spm_model or a model)")
+  return Budget(tokens=kept)
+
+
+def selection_name(policy: str, budget: Budget) -> str:
+  """The ``selection`` a run on the selected data records, e.g. 'learnability_gap:tokens=20000'."""
+  return f"{policy}:{budget.name}"
 
 
 def write_selection(source: str | os.PathLike, out_dir: str | os.PathLike, *, policy: str,
-                    budget: int | float, learnability: Learnability | None = None,
-                    weight: float = 0.5, seed: int = 0, split: str = "train") -> dict[str, Any]:
+                    budget: Budget, inputs: PolicyInputs = PolicyInputs(),
+                    count_tokens: TokenCounter | None = None, split: str = "train",
+                    notes: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Writes the community at ``source`` with only the selected ``split`` records.
 
-  Returns the summary also written to ``<out_dir>/selection.json`` (policy,
-  budget, counts, and per-record scores for 'learnability').
+  Returns the summary also written to ``<out_dir>/selection.json``: policy,
+  budget, counts (records and, with ``count_tokens``, tokens), the policy's
+  report, per-record scores and ``notes`` (e.g. how tokens were counted).
   """
-  if policy not in POLICIES:
-    raise ValueError(f"unknown selection policy {policy!r}: expected one of {POLICIES}")
+  if not isinstance(budget, Budget):
+    raise TypeError(f"budget must be a selection.Budget (traces=, fraction= or tokens=), "
+                    f"got {budget!r}")
+  get_policy(policy)
   community = records_lib.load_community(source)
   if split not in community.records:
     raise ValueError(f"{community.directory}: no split {split!r}")
@@ -165,127 +205,162 @@ def write_selection(source: str | os.PathLike, out_dir: str | os.PathLike, *, po
   if marked:
     raise ValueError(f"{community.directory}: records {marked[:5]} were already selected; "
                      "select from the unselected community")
-  scores: list[TraceScore] = []
-  if policy == "learnability":
-    if learnability is None:
-      raise ValueError("the learnability policy needs a learnability scorer")
-    scores = score_traces(candidates, learnability=learnability, weight=weight)
-    chosen = select_by_score(candidates, scores, budget=budget)
-  else:
-    chosen = select_random(candidates, budget=budget, seed=seed)
-  note = {"policy": policy, "budget": budget, "of": len(candidates)}
+  chosen = select(candidates, policy=policy, budget=budget, inputs=inputs,
+                  count_tokens=count_tokens)
+  note = {"policy": policy, "budget": budget.name, "of": len(candidates)}
   if policy == "random":
-    note["seed"] = seed
+    note["seed"] = inputs.seed
   records = dict(community.records)
   records[split] = [dataclasses.replace(r, provenance=dict(r.provenance, selection=note))
-                    for r in chosen]
+                    for r in chosen.records]
   manifest = dataclasses.replace(
       community.manifest, description=f"{community.manifest.description} [{split}: "
-      f"{len(chosen)} of {len(candidates)} traces, {policy} selection]")
+      f"{len(chosen.records)} of {len(candidates)} traces, {policy} selection]")
   out_dir = Path(out_dir)
   records_lib.write_community(out_dir, manifest, records)
-  summary = {**note, "source": str(community.directory), "split": split, "weight": weight,
-             "selected": [r.id for r in chosen],
-             "scores": [dataclasses.asdict(s) for s in scores]}
+  summary = {**(notes or {}), **note, "source": str(community.directory), "split": split,
+             "selected": [r.id for r in chosen.records], "kept_tokens": chosen.kept_tokens,
+             "of_tokens": None if chosen.tokens is None else sum(chosen.tokens.values()),
+             "report": dict(chosen.ranking.report), "scores": list(chosen.ranking.scores)}
   records_lib.atomic_write_text(out_dir / SELECTION_FILENAME,
                                 json.dumps(summary, indent=1, sort_keys=True) + "\n")
   return summary
 
 
 # ---------------------------------------------------------------------------
-# The student's learnability.
+# Command line.
+
+_OLD_BUDGET = ("--budget was removed: a bare number was read as a count or a fraction by its "
+               "form ('1' kept every trace). Say --budget_traces N (traces kept), "
+               "--budget_fraction F (a fraction in (0, 1] of the training traces), "
+               "--budget_tokens T (training tokens kept) or --match_tokens_of SELECTION_JSON")
 
 
-def student_learnability(*, model, vocabulary, params: Any | None = None,
-                         checkpoint: str | os.PathLike | None = None, level: int = 6,
-                         fmt: str = "cot_label", input_length: int = 128,
-                         target_length: int = 128, batch_size: int = 32) -> Learnability:
-  """Mean per-token log-likelihood of each record's training target under a student.
+def _parser() -> argparse.ArgumentParser:
+  from cdc_jax import config_cli
 
-  Targets are rendered as the training task ``cdc.<c>.L<level>.<fmt>``
-  renders them (step_by_step: its explain part), tokenized with ``vocabulary``
-  plus EOS and truncated to the lengths; scored with
-  :meth:`EncoderDecoderModel.score_batch` in fixed-size batches.
-  """
-  import jax
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+  config_cli.add_gin_flags(parser)
+  parser.add_argument("--community", type=Path, required=True)
+  parser.add_argument("--out", type=Path, required=True)
+  budget = parser.add_mutually_exclusive_group()
+  budget.add_argument("--budget_traces", type=int, help="training traces kept")
+  budget.add_argument("--budget_fraction", type=float,
+                      help="fraction in (0, 1] of the training traces kept")
+  budget.add_argument("--budget_tokens", type=int,
+                      help="training tokens kept (inputs + targets with EOS; needs a vocabulary)")
+  budget.add_argument("--match_tokens_of", type=Path,
+                      help="the kept tokens of another selection.json (equal-token baseline)")
+  parser.add_argument("--budget", help=argparse.SUPPRESS)
+  parser.add_argument("--policy", default="learnability_gap",
+                      help=f"one of {sorted(POLICIES)}")
+  parser.add_argument("--weight", type=float, default=0.5, help="heuristic: w of learnability")
+  parser.add_argument("--seed", type=int, default=0, help="random: the shuffle's seed")
+  parser.add_argument("--checkpoint", help="the current student (heuristic, learnability_gap): "
+                      "a cdc checkpoint or a HF T5 directory")
+  parser.add_argument("--size", default="tiny", help="the student's T5 size")
+  parser.add_argument("--version", default="1.1", help="the student's T5 version")
+  parser.add_argument("--vocab_size", type=int, default=1024, help="the student's embedding rows")
+  parser.add_argument("--reference_checkpoint",
+                      help="learnability_gap: a stronger model with the same vocabulary")
+  parser.add_argument("--reference_size", help="its T5 size (default: --size)")
+  parser.add_argument("--reference_version", help="its T5 version (default: --version)")
+  parser.add_argument("--reference_vocab_size", type=int, help="its rows (default: --vocab_size)")
+  parser.add_argument("--reference_ceiling", type=float, default=0.0,
+                      help="reference reward without a reference model (0: a perfect fit)")
+  parser.add_argument("--spm_model", help="the SentencePiece model (default: the catalog's)")
+  parser.add_argument("--level", type=int, default=6)
+  parser.add_argument("--format", default="cot_label")
+  return parser
 
-  from cdc_jax.tasks import formats
 
-  if (params is None) == (checkpoint is None):
-    raise ValueError("give exactly one of params= or checkpoint=")
-  if params is None:
-    from cdc_jax import checkpoints
+def _budget(parser: argparse.ArgumentParser, args: argparse.Namespace,
+            counted_as: Mapping[str, Any]) -> Budget:
+  if args.budget is not None:
+    parser.error(_OLD_BUDGET)
+  try:
+    if args.match_tokens_of is not None:
+      other = json.loads(args.match_tokens_of.read_text())
+      if other.get("tokens_counted_as") != counted_as:
+        parser.error(f"{args.match_tokens_of} counted tokens as {other.get('tokens_counted_as')}, "
+                     f"this selection counts them as {counted_as}: give the same --spm_model, "
+                     "--level and --format")
+      return matched_token_budget(other)
+    return Budget(traces=args.budget_traces, fraction=args.budget_fraction,
+                  tokens=args.budget_tokens)
+  except (ValueError, OSError) as e:
+    parser.error(f"{args.match_tokens_of}: {e}" if args.match_tokens_of else str(e))
 
-    params, _ = checkpoints.restore_params(checkpoint)
-  score = jax.jit(model.score_batch)
-  part = "explain" if fmt == "step_by_step" else None
 
-  def encode(text: str, length: int) -> list[int]:
-    return (list(vocabulary.encode(text)) if text.strip() else [])[:length - 1] + [1]
+def _band(gin_files: Sequence[str], bindings: Sequence[str],
+          search_paths: Sequence[str]) -> GapBand:
+  """The GapBand bound by the gin files and bindings (defaults without any)."""
+  if not gin_files and not bindings:
+    return GapBand()
+  from cdc_jax import config_cli
 
-  def learnability(records: Sequence[records_lib.TraceRecord]) -> list[float]:
-    out: list[float] = []
-    for start in range(0, len(records), batch_size):
-      chunk = records[start:start + batch_size]
-      inputs = np.zeros((batch_size, input_length), np.int32)
-      targets = np.zeros((batch_size, target_length), np.int32)
-      for row, record in enumerate(chunk):
-        example = formats.render_example(
-            fmt=fmt, part=part, question=record.question, answer=record.answer,
-            rationale=record.rationales.get(level), choices=record.choices,
-            example_id=record.id)
-        ids = encode(example["inputs"], input_length)
-        inputs[row, :len(ids)] = ids
-        ids = encode(example["targets"], target_length)
-        targets[row, :len(ids)] = ids
-      totals = np.asarray(score(params, {"encoder_input_tokens": inputs,
-                                         "decoder_target_tokens": targets}))
-      counts = np.count_nonzero(targets, axis=1)
-      out.extend((totals[:len(chunk)] / counts[:len(chunk)]).tolist())
-    return out
+  config_cli.parse_gin(gin_files, bindings, search_paths)
+  return config_cli.configured("cdc_jax.contribution.allocation", "GapBand")()
 
-  return learnability
+
+def _vocabulary(spm_model: str | None):
+  from cdc_jax.tasks import catalog, vocabulary
+
+  if spm_model:
+    return vocabulary.load_vocabulary(spm_model)
+  catalog.register_tasks()
+  return catalog.process_vocabulary()
+
+
+def _model_reward(args: argparse.Namespace, vocab, checkpoint: str, *, reference: bool) -> Reward:
+  from cdc_jax.models.encoder_decoder import build_model
+  from cdc_jax.models.t5_config import t5_config
+
+  size, version, vocab_size = args.size, args.version, args.vocab_size
+  if reference:
+    size, version = args.reference_size or size, args.reference_version or version
+    vocab_size = args.reference_vocab_size or vocab_size
+  model = build_model(t5_config(size, version=version, vocab_size=vocab_size, dropout_rate=0.0))
+  return rewards.model_log_likelihood(model=model, vocabulary=vocab, checkpoint=checkpoint,
+                                      level=args.level, fmt=args.format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point; returns the exit status."""
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--community", type=Path, required=True)
-  parser.add_argument("--out", type=Path, required=True)
-  parser.add_argument("--budget", type=float, required=True,
-                      help="traces kept: a count, or a fraction in (0, 1]")
-  parser.add_argument("--policy", choices=POLICIES, default="learnability")
-  parser.add_argument("--weight", type=float, default=0.5, help="w of learnability")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--checkpoint", help="the current student (learnability policy)")
-  parser.add_argument("--size", default="tiny", help="the student's T5 size")
-  parser.add_argument("--version", default="1.1", help="the student's T5 version")
-  parser.add_argument("--vocab_size", type=int, default=1024, help="the student's embedding rows")
-  parser.add_argument("--spm_model", help="its SentencePiece model (default: the catalog's)")
-  parser.add_argument("--level", type=int, default=6)
-  parser.add_argument("--format", default="cot_label")
-  args = parser.parse_args(argv)
-  budget: int | float = int(args.budget) if args.budget > 1 else args.budget
-  learnability = None
-  if args.policy == "learnability":
-    if not args.checkpoint:
-      parser.error("--policy learnability needs --checkpoint")
-    from cdc_jax.models.encoder_decoder import build_model
-    from cdc_jax.models.t5_config import t5_config
-    from cdc_jax.tasks import catalog, vocabulary
+  from cdc_jax import config_cli
 
-    if args.spm_model:
-      vocab = vocabulary.load_vocabulary(args.spm_model)
-    else:
-      catalog.register_tasks()
-      vocab = catalog.process_vocabulary()
-    model = build_model(t5_config(args.size, version=args.version, vocab_size=args.vocab_size,
-                                  dropout_rate=0.0))
-    learnability = student_learnability(model=model, vocabulary=vocab, checkpoint=args.checkpoint,
-                                        level=args.level, fmt=args.format)
+  bindings, rest = config_cli.split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
+  parser = _parser()
+  args = parser.parse_args(rest)
+  counted_as = {"vocabulary": args.spm_model or "catalog", "level": args.level,
+                "format": args.format}
+  budget = _budget(parser, args, counted_as)
+  if args.policy not in POLICIES:
+    parser.error(f"unknown --policy {args.policy!r}: expected one of {sorted(POLICIES)}")
+  needs_student = args.policy in ("heuristic", "learnability_gap")
+  if needs_student and not args.checkpoint:
+    parser.error(f"--policy {args.policy} needs --checkpoint (the current student)")
+  band = _band(args.gin_file, bindings, args.gin_search_path)
+  vocab = None
+  if needs_student or budget.tokens is not None or args.spm_model:
+    vocab = _vocabulary(args.spm_model)
+  inputs = PolicyInputs(
+      student=_model_reward(args, vocab, args.checkpoint, reference=False) if needs_student
+      else None,
+      reference=_model_reward(args, vocab, args.reference_checkpoint, reference=True)
+      if needs_student and args.reference_checkpoint else None,
+      band=band, reference_ceiling=args.reference_ceiling, weight=args.weight, seed=args.seed)
+  counter = (None if vocab is None
+             else rewards.vocabulary_token_counter(vocab, level=args.level, fmt=args.format))
   summary = write_selection(args.community, args.out, policy=args.policy, budget=budget,
-                            learnability=learnability, weight=args.weight, seed=args.seed)
-  print(f"kept {len(summary['selected'])} of {summary['of']} traces ({args.policy}); "
+                            inputs=inputs, count_tokens=counter,
+                            notes={"tokens_counted_as": counted_as if counter else None})
+  tokens = ("" if summary["kept_tokens"] is None
+            else f", {summary['kept_tokens']} of {summary['of_tokens']} tokens")
+  bands, lacks = summary["report"].get("bands"), summary["report"].get("teacher_lacks")
+  print(f"kept {len(summary['selected'])} of {summary['of']} traces{tokens} ({args.policy}, "
+        f"budget {budget.name}){f'; bands {bands}' if bands else ''}"
+        f"{'' if lacks is None else f'; {len(lacks)} carry knowledge the reference lacks'}; "
         f"wrote {args.out}")
   return 0
 

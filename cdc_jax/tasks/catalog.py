@@ -1,6 +1,7 @@
 """The process-wide catalog: which communities are registered, with which vocabulary.
 
-``register_tasks`` is what ``tasks/`` calls at import and what gin binds for
+``register_tasks`` is what ``cdc_jax.tasks.register_all`` (and the in-repo
+alias ``tasks/``) calls at import and what gin binds for
 a run: it registers the embedded communities (built once into a cache
 directory), the manifests in ``$CDC_COMMUNITIES`` (``os.pathsep``-separated)
 and any ``communities`` given. All tasks of a process share one vocabulary: a
@@ -15,7 +16,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from cdc_jax.data import records as records_lib
 from cdc_jax.data import synthetic
@@ -50,8 +51,13 @@ def process_vocabulary():
 def register_tasks(*, communities: Sequence[str | os.PathLike] = (), embedded: bool = True,
                    synthetic_config: synthetic.SyntheticConfig = synthetic.SyntheticConfig(),
                    spm_model: str | None = None, extra_ids: int = 0, vocab_size: int = 1000,
-                   options: registry.TaskOptions = registry.TaskOptions()) -> list[str]:
-  """Registers communities' tasks; returns the names of the communities registered."""
+                   options: registry.TaskOptions = registry.TaskOptions(),
+                   vocabulary: Any = None) -> list[str]:
+  """Registers communities' tasks; returns the names of the communities registered.
+
+  ``vocabulary``: a ready seqio Vocabulary (e.g. a Llama checkpoint's,
+  ``llama_vocabulary.llama_vocabulary(path)``) instead of ``spm_model``.
+  """
   manifests = (embedded_communities(synthetic_config) if embedded else []) + env_communities() + [
       Path(c) for c in communities]
   loaded = []
@@ -60,7 +66,14 @@ def register_tasks(*, communities: Sequence[str | os.PathLike] = (), embedded: b
     logging.info("%s", community.report)
     loaded.append((path, community))
   vocab = _STATE.get("vocabulary")
-  if spm_model is not None:
+  if vocabulary is not None:
+    if spm_model is not None:
+      raise ValueError("register_tasks: pass vocabulary= or spm_model=, not both")
+    if vocab is not None and vocab != vocabulary:
+      raise ValueError(f"this process already registered tasks with vocabulary "
+                       f"{_STATE.get('spm_model')}; cannot switch to {vocabulary}")
+    vocab, spm_model = vocabulary, getattr(vocabulary, "source", repr(vocabulary))
+  elif spm_model is not None:
     spm_model = str(Path(spm_model).resolve())
     if vocab is not None and _STATE.get("spm_model") != spm_model:
       raise ValueError(f"this process already registered tasks with vocabulary "

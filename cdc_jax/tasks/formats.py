@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 import re
 import string
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 from cdc_jax import names
 
@@ -172,15 +172,3 @@ _WORD = re.compile(r"\S+")
 def rationale_length(text: str) -> int:
   """Length of a rationale in words (the unit of the level budgets)."""
   return len(_WORD.findall(text))
-
-
-def formats_table() -> Mapping[str, str]:
-  """Format name -> one-line description (for CLIs and reports)."""
-  return {
-      "label_only": "answer only",
-      "cot_label": "rationale, then answer",
-      "label_cot": "answer, then rationale",
-      "step_by_step": "two tasks: predict: -> answer, explain: -> rationale",
-      "permuted_cot": "answer, then the rationale's words shuffled",
-      "key_tokens": "answer, then k key rationale words",
-  }

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -36,6 +38,11 @@ class TaskOptions:
     permute_seed: permuted_cot: seed of the word shuffles.
     key_tokens_k: key_tokens: rationale words kept.
     key_token_selector: key_tokens: name of a registered selector.
+    prompt_template: where the inputs go in the prompt: "{inputs}" (as they
+      are), a template with one "{inputs}", or "chat": the vocabulary's chat
+      template around a user turn (decoder-only students).
+    inputs_eos: append EOS to the inputs (T5); a decoder-only student's
+      completion follows its prompt directly.
   """
   levels: tuple[int, ...] = names.LEVELS
   formats: tuple[str, ...] = names.FORMATS
@@ -43,8 +50,13 @@ class TaskOptions:
   permute_seed: int = 0
   key_tokens_k: int = 8
   key_token_selector: str = "salience"
+  prompt_template: str = "{inputs}"
+  inputs_eos: bool = True
 
   def __post_init__(self):
+    if self.prompt_template != "chat" and self.prompt_template.count("{inputs}") != 1:
+      raise ValueError(f"TaskOptions.prompt_template must be 'chat' or contain '{{inputs}}' "
+                       f"exactly once, got {self.prompt_template!r}")
     for level in self.levels:
       names.validate_level(level)
     for fmt in self.formats:
@@ -81,13 +93,15 @@ def _claim(name: str, fingerprint: str) -> bool:
   return True
 
 
-def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
-  return {"inputs": seqio.Feature(vocabulary, add_eos=True),
+def output_features(vocabulary: seqio.Vocabulary, *,
+                    inputs_eos: bool = True) -> dict[str, seqio.Feature]:
+  return {"inputs": seqio.Feature(vocabulary, add_eos=inputs_eos),
           "targets": seqio.Feature(vocabulary, add_eos=True)}
 
 
 def _vocab_id(vocabulary: seqio.Vocabulary) -> str:
-  return f"{type(vocabulary).__name__}:{getattr(vocabulary, 'sentencepiece_model_file', '')}:" \
+  source = getattr(vocabulary, "sentencepiece_model_file", None) or getattr(vocabulary, "source", "")
+  return f"{type(vocabulary).__name__}:{source}:" \
          f"{vocabulary.vocab_size}"
 
 
@@ -107,7 +121,13 @@ def register_community(manifest_path: str | os.PathLike, *, vocabulary: seqio.Vo
   """
   community = community or records_lib.load_community(manifest_path)
   base = f"{_community_hash(community)}:{_vocab_id(vocabulary)}:{options}"
-  features = output_features(vocabulary)
+  features = output_features(vocabulary, inputs_eos=options.inputs_eos)
+  template = options.prompt_template
+  if template == "chat":
+    template = getattr(vocabulary, "chat_prompt_template", None)
+    if template is None:
+      raise ValueError(f"prompt_template='chat' needs a vocabulary with a chat template; "
+                       f"{type(vocabulary).__name__} has none")
   registered = []
   sources = {}
   for level in options.levels:
@@ -127,7 +147,8 @@ def register_community(manifest_path: str | os.PathLike, *, vocabulary: seqio.Vo
             name, source=sources[level, needs],
             preprocessors=preprocessors.preprocessor_chain(
                 level=level, fmt=fmt, part=part, seed=options.permute_seed,
-                k=options.key_tokens_k, selector=options.key_token_selector),
+                k=options.key_tokens_k, selector=options.key_token_selector,
+                prompt_template=template),
             output_features=features,
             postprocess_fn=metrics.postprocess_answer if scored else None,
             metric_fns=[metrics.answer_accuracy] if scored else [])
@@ -154,44 +175,75 @@ def registered_community(name: str) -> RegisteredCommunity:
                      f"{sorted(_COMMUNITIES)}") from None
 
 
+_PROPORTION_TOLERANCE = 1e-6
+
+
 def coalition_rates(members: Sequence[str], rates: str | Mapping[str, float], *,
-                    level: int, fmt: str) -> dict[str, float]:
+                    level: int, fmt: str, normalize: bool = False) -> dict[str, float]:
   """Per-member mixing rates that sum to 1.
 
   ``rates``: 'equal'; 'examples' (by training examples usable at ``level``);
-  or explicit proportions {member: rate} covering exactly the members.
+  or explicit proportions {member: rate} covering exactly the members: finite
+  positive numbers summing to 1, or to anything positive with ``normalize``
+  (a sum of 3 is more often a mistake than a wish, so rescaling is asked for).
   """
+  names.validate_level(level)
+  names.validate_format(fmt)
   if isinstance(rates, str):
     if rates == "equal":
-      raw = {m: 1.0 for m in members}
-    elif rates == "examples":
-      usable = (lambda c: c.total_train) if fmt == "label_only" else (
-          lambda c: c.train_examples[level])
-      raw = {m: float(usable(registered_community(m))) for m in members}
-    else:
+      return {m: 1 / len(members) for m in members}
+    if rates != "examples":
       raise ValueError(f"unknown rates {rates!r}: 'equal', 'examples' or a mapping")
+    usable = (lambda c: c.total_train) if fmt == "label_only" else (
+        lambda c: c.train_examples[level])
+    raw = {m: float(usable(registered_community(m))) for m in members}
+    empty = [m for m, n in raw.items() if n <= 0]
+    if empty:
+      what = "training records" + (
+          "" if fmt == "label_only" else f" with a level-{level} rationale")
+      raise ValueError(f"rates='examples': community {empty[0]!r} has no {what} "
+                       f"({registered_community(empty[0]).manifest_path})")
   else:
+    if not isinstance(rates, Mapping):
+      raise ValueError(f"rates must be 'equal', 'examples' or a mapping, got {rates!r}")
     if set(rates) != set(members):
       raise ValueError(f"rates name {sorted(rates)} but the members are {sorted(members)}")
+    for m in members:
+      p = rates[m]
+      if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) or p <= 0:
+        raise ValueError(f"proportion of {m!r} must be a finite positive number, got {p!r}")
     raw = {m: float(rates[m]) for m in members}
-  if any(r < 0 or r != r for r in raw.values()) or sum(raw.values()) <= 0:
-    raise ValueError(f"rates must be non-negative with a positive sum: {raw}")
+    total = sum(raw.values())
+    if abs(total - 1) > _PROPORTION_TOLERANCE and not normalize:
+      raise ValueError(f"proportions {raw} sum to {total:g}, not 1; pass normalize=True to "
+                       "rescale them")
   total = sum(raw.values())
   return {m: raw[m] / total for m in members}
 
 
 def register_coalition(name: str, members: Sequence[str], *, level: int, fmt: str,
-                       rates: str | Mapping[str, float] = "equal") -> str:
-  """Registers the mixture ``cdc.<name>.L<level>.<fmt>`` of the members' tasks."""
+                       rates: str | Mapping[str, float] = "equal",
+                       normalize: bool = False) -> str:
+  """Registers the mixture ``cdc.<name>.L<level>.<fmt>`` of the members' tasks.
+
+  ``normalize`` rescales explicit proportions that do not sum to 1. A name
+  stands for one set of members: registering it again with others raises.
+  """
   names.validate_name(name, what="coalition")
+  names.validate_level(level)
+  names.validate_format(fmt)
   if name in _COMMUNITIES:
     raise ValueError(f"coalition name {name!r} is a community's name")
   members = tuple(members)
   if not members or len(set(members)) != len(members):
     raise ValueError(f"coalition {name!r} needs distinct members, got {members}")
+  if name in _COALITIONS and set(_COALITIONS[name]) != set(members):
+    raise ValueError(f"coalition {name!r} is already registered with members "
+                     f"{list(_COALITIONS[name])}; cannot register it again with {list(members)} "
+                     "(use another name)")
   for m in members:
     registered_community(m)
-  shares = coalition_rates(members, rates, level=level, fmt=fmt)
+  shares = coalition_rates(members, rates, level=level, fmt=fmt, normalize=normalize)
   components = []
   for m in members:
     if fmt == "step_by_step":
@@ -202,16 +254,7 @@ def register_coalition(name: str, members: Sequence[str], *, level: int, fmt: st
     else:
       components.append((names.task_name(m, level, fmt), shares[m]))
   mixture = names.mixture_name(name, level, fmt)
-  if _claim(mixture, json.dumps(components)):
+  if _claim(mixture, json.dumps(sorted(components))):  # Member order does not matter.
     seqio.MixtureRegistry.add(mixture, components)
   _COALITIONS[name] = members
   return mixture
-
-
-def eval_task_names(mixture_or_task: str) -> list[str]:
-  """The scored tasks under a task or mixture name (step_by_step: ``:predict``)."""
-  if mixture_or_task in seqio.MixtureRegistry.names():
-    tasks = seqio.get_mixture_or_task(mixture_or_task).tasks
-    return sorted(t.name for t in tasks if t.metric_fns)
-  task = seqio.get_mixture_or_task(mixture_or_task)
-  return [task.name] if task.metric_fns else []

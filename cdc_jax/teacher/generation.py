@@ -303,12 +303,9 @@ class Generator:
                 max_seq_len: int | None = None, **kwargs: Any) -> Generator:
     """A Generator for a llama GGUF file (weights and tokenizer from the file)."""
     from cdc_jax.teacher import llama_weights
-    reader = llama_weights.open_gguf(path)
-    config = llama_weights.config_from_gguf(reader, dtype=dtype, max_seq_len=max_seq_len)
-    params = llama_weights.params_from_hf(
-        llama_weights.gguf_hf_tensors(reader, config).__getitem__, config,
-        mesh=kwargs.get("mesh"), source=str(path))
-    return cls(config, params, tokenizer_lib.tokenizer_from_gguf(reader), **kwargs)
+    config, params = llama_weights.load_gguf(path, dtype=dtype, max_seq_len=max_seq_len,
+                                             mesh=kwargs.get("mesh"))
+    return cls(config, params, tokenizer_lib.tokenizer_from_gguf(path), **kwargs)
 
   @classmethod
   def from_safetensors(cls, directory: str | os.PathLike[str], *, dtype: str = "float32",

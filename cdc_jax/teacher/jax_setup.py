@@ -85,7 +85,7 @@ def backend_from_flags(args: argparse.Namespace, *, seed: int = 0,
   import os
   import sys
 
-  from cdc_jax import distributed
+  from cdc_jax import compilation_cache, distributed
   from cdc_jax.teacher import backends
 
   if args.random_tiny and args.dtype != "float32":
@@ -99,7 +99,8 @@ def backend_from_flags(args: argparse.Namespace, *, seed: int = 0,
   distributed.initialize(coordinator_address=args.coordinator_address,
                          num_processes=args.num_processes, process_id=args.process_id)
   if args.jax_cache_dir:
-    backends.enable_compilation_cache(args.jax_cache_dir)
+    # Every program: compiling one on CPU takes longer than generating a chunk.
+    compilation_cache.enable(args.jax_cache_dir, min_compile_time_secs=0.0)
   mesh = make_mesh(args.mesh_shape)
   if args.random_tiny:
     backend = backends.JaxBackend.random_tiny(seed=seed, mesh=mesh)

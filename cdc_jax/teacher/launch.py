@@ -394,7 +394,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   faults = parser.add_argument_group("fault injection (tests)")
   faults.add_argument("--die_after_chunks", type=int, default=None)
   faults.add_argument("--die_in_write_of_chunk", type=int, default=None)
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  # Refused here, before any input is read or any model loads (minutes for a large teacher).
+  try:
+    shards.check_shard_flags(args.shard_index, args.num_shards, chunk_size=args.chunk_size)
+  except ValueError as e:
+    parser.error(str(e))
+  return args
 
 
 def make_backend(args: argparse.Namespace, questions: Questions) -> backends_lib.Backend:

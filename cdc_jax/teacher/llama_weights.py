@@ -22,7 +22,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from cdc_jax.teacher import llama
+from cdc_jax.models import llama
 
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -53,7 +53,19 @@ def open_gguf(path: str | os.PathLike[str]) -> Any:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"GGUF file not found: {path}")
-  return gguf.GGUFReader(path)
+  try:
+    return gguf.GGUFReader(path)
+  except (ValueError, IndexError, KeyError, OSError, struct.error) as e:
+    # gguf's own errors come from deep inside its parser ('cannot reshape array
+    # of size 40 into shape (16,8)'); say which file and what that likely means.
+    raise ValueError(f"{path}: not a readable GGUF file ({path.stat().st_size} bytes; truncated "
+                     f"or corrupt?): {_one_line(e)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+  """``Type: first line of the message``: for one-line errors at the CLI."""
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def gguf_field(reader: Any, key: str, default: Any = ...) -> Any:
@@ -126,7 +138,13 @@ def gguf_hf_tensors(reader: Any, config: llama.LlamaConfig) -> dict[str, np.ndar
   from gguf import quants  # Deferred, as in open_gguf.
   out = {}
   for tensor in reader.tensors:
-    array = np.asarray(quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
+    try:
+      array = np.asarray(quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
+    except (ValueError, NotImplementedError) as e:
+      # (The reader memory-maps the file: its data array knows the file name.)
+      source = getattr(getattr(reader, "data", None), "filename", None) or "GGUF file"
+      raise ValueError(f"{source}: tensor {tensor.name!r} "
+                       f"({tensor.tensor_type.name}): cannot dequantize: {_one_line(e)}") from None
     name = tensor.name
     if name == "token_embd.weight":
       hf = "model.embed_tokens.weight"
@@ -232,6 +250,16 @@ _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
                        "BF16": ml_dtypes.bfloat16}
 
 
+def _check_entry(entry: Mapping[str, Any]) -> None:
+  """Raises unless a header entry has a list shape and two integer data offsets."""
+  shape, offsets = entry["shape"], entry["data_offsets"]
+  if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    raise ValueError("'shape' must be a list of non-negative integers")
+  if (not isinstance(offsets, list) or len(offsets) != 2
+      or not all(isinstance(o, int) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+    raise ValueError("'data_offsets' must be [begin, end] with 0 <= begin <= end")
+
+
 def read_safetensors(file: str | os.PathLike[str]) -> dict[str, np.ndarray]:
   """The tensors of one ``.safetensors`` file as read-only memory-mapped arrays.
 
@@ -249,12 +277,21 @@ def read_safetensors(file: str | os.PathLike[str]) -> dict[str, np.ndarray]:
       header = json.loads(f.read(size))
     except ValueError as e:
       raise ValueError(f"{file}: unreadable safetensors header: {e}") from None
+  if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
+    raise ValueError(f"{file}: safetensors header is not an object of tensor entries")
   header.pop("__metadata__", None)
   # (np.memmap cannot map an empty data section.)
-  data = (np.memmap(file, dtype=np.uint8, mode="r", offset=8 + size) if header
-          else np.zeros(0, np.uint8))
+  if header and file.stat().st_size > 8 + size:
+    data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + size)
+  else:
+    data = np.zeros(0, np.uint8)
   tensors = {}
   for name, entry in header.items():
+    try:
+      _check_entry(entry)
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"{file}: tensor {name!r}: malformed header entry {entry}: "
+                       f"{type(e).__name__}: {e}") from None
     if entry.get("dtype") not in _SAFETENSORS_DTYPES:
       raise ValueError(f"{file}: tensor {name!r} has dtype {entry.get('dtype')!r}; supported: "
                        f"{sorted(_SAFETENSORS_DTYPES)}")
@@ -314,7 +351,7 @@ def params_from_hf(
   to (``teacher/sharding.py`` rules); otherwise on the default device.
   """
   c = config
-  dtype = c.jnp_dtype
+  dtype = c.jnp_param_dtype
 
   def fetch(name: str, shape: tuple[int, ...]) -> np.ndarray:
     array = get(name)

@@ -45,6 +45,23 @@ def shard_stem(shard_index: int, num_shards: int) -> str:
   return f"traces-{shard_index:05d}-of-{num_shards:05d}"
 
 
+def check_shard_flags(shard_index: int, num_shards: int, *, chunk_size: int = 1) -> None:
+  """Raises a ValueError naming the flag unless the shard flags make sense.
+
+  >>> check_shard_flags(2, 2)
+  Traceback (most recent call last):
+  ...
+  ValueError: --shard_index=2 is out of range for --num_shards=2 (expected 0..1)
+  """
+  if num_shards < 1:
+    raise ValueError(f"--num_shards={num_shards}: expected at least 1")
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f"--shard_index={shard_index} is out of range for --num_shards={num_shards} "
+                     f"(expected 0..{num_shards - 1})")
+  if chunk_size < 1:
+    raise ValueError(f"--chunk_size={chunk_size}: expected at least 1")
+
+
 def _id_hash(record_id: str) -> bytes:
   return hashlib.sha256(record_id.encode("utf-8")).digest()
 

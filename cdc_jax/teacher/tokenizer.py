@@ -67,10 +67,6 @@ class Tokenizer:
     return self.backend.decode_batch([[int(i) for i in ids] for ids in batch],
                                      skip_special_tokens=skip_special_tokens)
 
-  def token_id(self, token: str) -> int | None:
-    """The id of vocabulary entry ``token`` or None."""
-    return self.backend.token_to_id(token)
-
 
 def _stop_ids(backend: Any, eos_id: int) -> tuple[int, ...]:
   ids = [eos_id]

@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import re
 import unicodedata
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from cdc_jax import answers as answers_lib
 from cdc_jax import names
@@ -262,7 +262,7 @@ _Joined = dict[tuple[str, str], dict[int, tuple[LevelTrace, bool]]]
 
 
 def _index_traces(traces: Iterable[LevelTrace], gold: Mapping[str, Mapping[str, GoldQuestion]],
-                  answer_type: str, report: ImportReport, score: bool,
+                  answer_type: str, report: ImportReport, score: bool | Collection[int],
                   merged: set[tuple[str, int]]) -> _Joined:
   """(split, key) -> level -> (trace, teacher correct); counts unmatched, duplicates, scores."""
   joined: _Joined = collections.defaultdict(dict)
@@ -280,7 +280,7 @@ def _index_traces(traces: Iterable[LevelTrace], gold: Mapping[str, Mapping[str, 
     correct = answers_lib.answers_match(t.teacher_answer, question.answer, answer_type,
                                         question.choices)
     levels[t.level] = (t, correct)
-    if score:
+    if score is True or (score and t.level in score):
       report.traces[t.split][t.level] += 1
       report.unparsed[t.split][t.level] += int(t.teacher_answer is None)
       report.correct[t.split][t.level] += int(correct)
@@ -330,7 +330,7 @@ def assemble(questions: Iterable[GoldQuestion], traces: Iterable[LevelTrace], *,
              community: str, answer_type: str, teacher: str, keep: str,
              provenance: Mapping[str, Any], description: str, community_license: str,
              title: str, traced_levels: Mapping[str, Sequence[int]],
-             score_teacher: bool = True) -> ImportedCommunity:
+             score_teacher: bool | Collection[int] = True) -> ImportedCommunity:
   """Joins gold questions and traces into records, counting what is left out.
 
   Args:
@@ -351,7 +351,7 @@ def assemble(questions: Iterable[GoldQuestion], traces: Iterable[LevelTrace], *,
       evaluation splits keep every question, with whatever rationales it
       has (none for test files without teacher text).
     score_teacher: False where rationales state no answer (StrategyQA facts):
-      the report then gives no teacher accuracy.
+      the report then gives no teacher accuracy; or the levels to score.
 
   Returns:
     The community: manifest, records per split (in input order; a record's

@@ -1,0 +1,1 @@
+"""Community data: records and manifests, the embedded benchmark, importers, length statistics."""
