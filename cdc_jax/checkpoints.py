@@ -80,11 +80,13 @@ def restore_params(path: str | os.PathLike, step: int | None = None) -> tuple[An
   with ocp.CheckpointManager(directory, item_names=("state", "meta"),
                              options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
     metadata = manager.item_metadata(step)["state"]
+    # Onto this process's first device, whatever mesh (or hosts) saved it.
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(
-        lambda m: np.empty(m.shape, m.dtype) if hasattr(m, "shape") else m, metadata,
-        is_leaf=lambda m: hasattr(m, "shape"))
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here) if hasattr(m, "shape")
+        else m, metadata, is_leaf=lambda m: hasattr(m, "shape"))
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
+        state=ocp.args.StandardRestore(abstract, fallback_sharding=here)))
   return jax.tree.map(np.asarray, restored["state"]["params"]), step
 
 

@@ -390,3 +390,34 @@ def test_sharded_training_on_8_devices_matches_one_device(hf_dir):
     np.testing.assert_allclose(out[f"{kind}-4x2"]["losses"], out[f"{kind}-1x1"]["losses"],
                                rtol=1e-5)
     assert out[f"{kind}-4x2"]["losses"][1] < out[f"{kind}-4x2"]["losses"][0]
+
+
+def test_two_processes_train_one_lora_student(tmp_path, hf_dir):
+  """Multi-host as for T5: two local processes (2 fake devices each) on a 2x2 mesh."""
+  import os
+  import subprocess
+  import sys
+
+  from tests import ports
+
+  manifest = train_helpers.always_yes_community(tmp_path / "c", "yesdec")
+  port = ports.free_port()
+  args = _cli_args(hf_dir, manifest, tmp_path / "run", steps=3, lora=True) + [
+      "--gin.MESH_SHAPE=(2, 2)", "--gin.LOG_EVERY=1", "--gin.CHECKPOINT_EVERY=3"]
+  procs = []
+  for pid in range(2):
+    env = dict(os.environ, PYTHONPATH=str(train_helpers.REPO),
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "cdc_jax.train", *args,
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"],
+        cwd=train_helpers.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-4000:]
+  losses = [[l.split("| loss ")[1].split(" ")[0] for l in err.splitlines()
+             if l.startswith("train cdc.yesdec")] for _, err in outputs]
+  assert len(losses[0]) == 3 and losses[0] == losses[1]
+  params, step = checkpoints.restore_params(tmp_path / "run")
+  assert step == 3 and {p[-1].key for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]} \
+      == {"lora_a", "lora_b"}
