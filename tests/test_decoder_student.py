@@ -421,3 +421,29 @@ def test_two_processes_train_one_lora_student(tmp_path, hf_dir):
   params, step = checkpoints.restore_params(tmp_path / "run")
   assert step == 3 and {p[-1].key for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]} \
       == {"lora_a", "lora_b"}
+
+
+def test_bf16_compute_on_f32_master_weights_and_gradient_accumulation(hf_dir):
+  from cdc_jax import partitioning
+  from cdc_jax.trainer import Trainer, TrainerConfig
+
+  batch = _batch(300)
+  shapes = {k: v.shape for k, v in batch.items()}
+  mesh = partitioning.make_mesh((1, 1), devices=jax.devices()[:1])
+  results = {}
+  for name, dtype, accumulation in (("f32", "float32", 1), ("f32x3", "float32", 3),
+                                    ("bf16", "bfloat16", 1)):
+    model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=64, dtype=dtype,
+                                     param_dtype="float32")
+    trainer = Trainer(model, optimizers.adamw(learning_rate=1e-3), mesh, shapes,
+                      config=TrainerConfig(accumulation_steps=accumulation))
+    state = trainer.init_state(0)
+    state, metrics = trainer.train_step(state, trainer.place_batch(batch))
+    results[name] = (float(metrics["loss"]), jax.device_get(state["params"]))
+  f32_loss, f32_params = results["f32"]
+  assert {x.dtype for x in jax.tree.leaves(results["bf16"][1])} == {np.dtype("float32")}
+  assert abs(results["bf16"][0] - f32_loss) < 2e-2 * f32_loss
+  # Three micro-batches of one row average to the step of the whole batch.
+  assert abs(results["f32x3"][0] - f32_loss) < 1e-5 * f32_loss
+  for a, b in zip(jax.tree.leaves(results["f32x3"][1]), jax.tree.leaves(f32_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
