@@ -132,6 +132,17 @@ def test_zero_initialised_lora_equals_the_base_model_and_folds_exactly(hf_dir):
   np.testing.assert_allclose(base.module.apply({"params": folded}, tokens)[0], with_adapters,
                              rtol=2e-4, atol=2e-4)
   assert np.abs(np.asarray(with_adapters) - np.asarray(want)).max() > 1e-2
+  # Decoding reads the adapters too: it equals decoding the folded weights, and with
+  # large adapters it differs from the base model's.
+  prompt = {"decoder_input_tokens": np.asarray(tokens), "decoder_causal_attention":
+            np.ones(tokens.shape, np.int32)}
+  full = adapted.merge_params(jax.tree.map(lambda x: x + 0.5, adapters),
+                              adapted.pretrained.frozen)
+  folded = decoder_only.fold_adapters(jax.device_get(full), lora)
+  lora_out = adapted.predict_batch(full, prompt, max_decode_len=6)
+  np.testing.assert_array_equal(lora_out, base.predict_batch(folded, prompt, max_decode_len=6))
+  assert not np.array_equal(lora_out, base.predict_batch(base.pretrained.trainable, prompt,
+                                                         max_decode_len=6))
 
 
 def test_tasks_of_every_format_feed_prompt_and_completion(tasks):
@@ -447,3 +458,29 @@ def test_bf16_compute_on_f32_master_weights_and_gradient_accumulation(hf_dir):
   assert abs(results["f32x3"][0] - f32_loss) < 1e-5 * f32_loss
   for a, b in zip(jax.tree.leaves(results["f32x3"][1]), jax.tree.leaves(f32_params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+DECODER_GIN_FILES = ("llama_student", "lora", "smollm2_135m", "smollm2_135m_lora")
+
+
+def test_every_decoder_gin_file_parses_and_builds_its_model(hf_dir):
+  """Each model file binds a student; WEIGHTS points at the tiny checkpoint (no GGUF load)."""
+  import gin
+
+  from cdc_jax import config_cli
+
+  models = train_helpers.REPO / "gin" / "models"
+  assert sorted(p.stem for p in models.glob("*.gin") if not p.stem.startswith("t5_")) == sorted(
+      DECODER_GIN_FILES)
+  for name in DECODER_GIN_FILES:
+    gin.clear_config()
+    files = [f"gin/models/{name}.gin"] if name != "lora" else [
+        "gin/models/llama_student.gin", "gin/models/lora.gin"]
+    config_cli.parse_gin(files, [f"WEIGHTS = '{hf_dir}'", "MAX_SEQ_LEN = 64"])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    assert isinstance(model, decoder_only.DecoderOnlyModel)
+    assert (model.lora is not None) == ("lora" in name), name
+    if name == "smollm2_135m_lora":
+      assert model.lora.rank == 16 and model.lora.targets == llama.PROJECTIONS
+    assert model.eos_id == 2  # The checkpoint's end of turn, from its vocabulary.
+  gin.clear_config()

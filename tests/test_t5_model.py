@@ -273,5 +273,6 @@ def test_gin_files_build_models(name, dims):
   assert c.vocab_size == 100 and c.dropout_rate == 0.1
 
 
-def test_every_gin_file_is_tested():
-  assert sorted(p.stem for p in GIN_DIR.glob("*.gin")) == sorted(GIN_FILES)
+def test_every_t5_gin_file_is_tested():
+  # The decoder-only students' files are tested in tests/test_decoder_student.py.
+  assert sorted(p.stem for p in GIN_DIR.glob("t5_*.gin")) == sorted(GIN_FILES)

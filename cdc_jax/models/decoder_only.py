@@ -290,7 +290,7 @@ class DecoderOnlyModel:
         params, jnp.zeros((1, 0), jnp.int32), prompts, mask, jax.random.PRNGKey(0),
         jnp.float32(0.0),
         jnp.full((batch_size,), max_decode_len, jnp.int32), stop, config=self.config,
-        num_new=max_decode_len, top_k=0, pad_id=0)
+        num_new=max_decode_len, top_k=0, pad_id=0, lora=self.lora)
     return out
 
 

@@ -82,6 +82,7 @@ def generate_tokens(
     top_k: int,
     pad_id: int,
     ops: llama.LlamaOps = llama.XLA_OPS,
+    lora: llama.LoraConfig | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Decodes up to ``min(max_new_tokens[row], num_new)`` tokens for left-padded prompts.
 
@@ -98,7 +99,7 @@ def generate_tokens(
     tokens ``[batch, num_new]`` (pad after a row stops), the number of
     generated tokens per row (stop token included) and whether each row stopped.
   """
-  model = llama.Llama(config, ops)
+  model = llama.Llama(config, ops, lora)  # With LoRA, params hold the adapters too.
   batch, prompt_len = prompt_tokens.shape
   prefix_len = prefix_tokens.shape[1]
   prompt_mask = prompt_mask.astype(jnp.bool_)
