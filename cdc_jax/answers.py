@@ -179,3 +179,41 @@ def answers_match(predicted: str | None, gold: str, answer_type: str,
     return a is not None and b is not None and math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
   pred_norm = normalize_answer(predicted, answer_type, choices)
   return pred_norm is not None and pred_norm == gold_norm
+
+
+# The closing answer sentence the formats append themselves; connectives
+# before it ("So, the answer is") go with it.
+_FINAL_ANSWER = re.compile(
+    r"(?:\b(?:so|therefore|thus|hence)\s*,?\s+)?\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
+_TRAILING = " \t\r\n,;:-"
+
+
+def strip_answer_sentence(text: str) -> str:
+  """The rationale without its closing 'The answer is X' sentence(s).
+
+  Everything from the last 'the answer is' on is the answer statement (teachers
+  sometimes continue it: 'The answer is 12, not 13 ...'), and so is a repeated
+  statement just before it. A cut rationale ends with a full stop; text
+  without 'the answer is' is returned whole.
+
+  >>> strip_answer_sentence("Bats are mammals. So, the answer is yes.")
+  'Bats are mammals.'
+  >>> strip_answer_sentence("2 + 2 = 4.\\n The answer is 4")
+  '2 + 2 = 4.'
+  >>> strip_answer_sentence("Lips are on the mouth, so the answer is A. The answer is A")
+  'Lips are on the mouth.'
+  """
+  matches = list(_FINAL_ANSWER.finditer(text))
+  if not matches:
+    return text.strip()
+  text = text[:matches[-1].start()].rstrip(_TRAILING)
+  # A last sentence that states the answer again ('Lips are on the mouth, so
+  # the answer is A. The answer is A') loses that statement too.
+  while matches := list(_FINAL_ANSWER.finditer(text)):
+    boundary = max(text.rfind(end, 0, len(text) - 1) for end in (". ", "\n", "! ", "? "))
+    if matches[-1].start() <= boundary:
+      break
+    text = text[:matches[-1].start()].rstrip(_TRAILING)
+  text = text.strip()
+  # The formats append 'The answer is X' as a sentence of its own.
+  return text + "." if text and text[-1] not in ".!?" else text

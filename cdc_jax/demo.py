@@ -1,10 +1,13 @@
 """`make demo`: the embedded benchmark end to end.
 
-Builds the embedded communities and prints their statistics and one example
-of every target format; then runs the coalition sweep of
-``gin/sweeps/embedded_demo.gin`` (standalone runs and every coalition of three
-communities at levels 1 and 6, tiny T5 students trained for real), writes the
-report and prints the community x coalition table with gains and Shapley values.
+Builds the embedded communities of the demo world (``synthetic.demo_world()``)
+and prints their statistics, chance levels and one example of every target
+format; then runs the coalition sweep of ``gin/sweeps/embedded_demo.gin``
+(standalone runs and every coalition of three communities, two seeds, tiny T5
+students trained for real), writes the report and prints the community x
+coalition table, then every number with its 95% paired-bootstrap interval,
+the baselines, which standalone students beat chance and which coalition
+effects have an interval that excludes 0.
 
     python -m cdc_jax.demo [--out runs/demo] [--workers 2] [--gin.TRAIN_STEPS=...]
 """
@@ -26,16 +29,24 @@ def print_communities(manifests) -> None:
   from cdc_jax.data import records as records_lib
   from cdc_jax.tasks import formats
 
-  print(f"{'community':<12} {'type':<8} {'train':>5} {'test':>5} {'teacher acc':>11}  "
-        "mean words per rationale level 1..6")
+  from cdc_jax import answers
+  from cdc_jax.coalitions import examples
+
+  print(f"{'community':<12} {'type':<8} {'train':>5} {'test':>5} {'teacher acc':>11} "
+        f"{'chance':>6}  mean words per rationale level 1..6")
   for path in manifests:
     c = records_lib.load_community(path)
     recs = [r for split in c.records.values() for r in split]
     acc = 100 * statistics.mean(bool(r.teacher_correct) for r in recs)
     words = " ".join(f"{statistics.mean(formats.rationale_length(r.rationales[lv]) for r in recs):5.1f}"
                      for lv in range(1, 7))
+    # Chance: a uniform guess or the train split's majority answer, whichever scores higher on test.
+    test = c.records["test"]
+    majority = examples.majority_answer([r.answer for r in c.records["train"]])
+    chance = max(statistics.mean(examples.chance_of(r) for r in test), statistics.mean(
+        answers.answers_match(majority, r.answer, r.answer_type, r.choices) for r in test))
     print(f"{c.name:<12} {c.manifest.answer_type:<8} {len(c.records['train']):>5} "
-          f"{len(c.records['test']):>5} {acc:>10.1f}%  {words}")
+          f"{len(test):>5} {acc:>10.1f}% {chance:>6.3f}  {words}")
 
 
 def print_task_samples(community: str, level: int) -> None:
@@ -58,15 +69,18 @@ def run_experiment(out: str, *, workers: int, bindings: Sequence[str]) -> None:
   """The demo sweep, the report and the printed summary."""
   import time
   from cdc_jax import config_cli, report
-  from cdc_jax.coalitions import results
+  from cdc_jax.coalitions import analysis, examples, results
 
   start = time.time()
   config_cli.parse_gin(["gin/sweeps/embedded_demo.gin"],
                        [f"SWEEP_DIR = {out!r}", f"WORKERS = {workers}", *bindings])
   rows = config_cli.configured("cdc_jax.sweep", "run_sweep")()
-  path = report.build_report(rows, out, source=str(Path(out) / results.TABLE_FILENAME))
+  outcomes = examples.collect_examples(out, rows)
+  analyses = analysis.analyse(rows, outcomes)
+  path = report.build_report(rows, out, source=str(Path(out) / results.TABLE_FILENAME),
+                             analyses=analyses)
   print(f"\n== results ({len(rows)} runs, {time.time() - start:.0f} s)")
-  print(report.summary_table(rows))
+  print(report.summary_table(rows, analyses))
   print(f"\nreport: {path}")
 
 
@@ -82,12 +96,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--samples_only", action="store_true", help="skip the experiment")
   args = parser.parse_args(rest)
 
+  from cdc_jax.data import synthetic
   from cdc_jax.tasks import catalog
 
-  manifests = catalog.embedded_communities()
-  print(f"== embedded communities ({manifests[0].parent.parent})")
+  world = synthetic.demo_world()  # The runs register the same world (gin/sweeps/embedded_demo.gin).
+  manifests = catalog.embedded_communities(world)
+  print(f"== embedded communities ({manifests[0].parent.parent}; {world})")
   print_communities(manifests)
-  registered = catalog.register_tasks()
+  registered = catalog.register_tasks(synthetic_config=world)
   for name in registered:
     print(f"\n== tasks of {name} at level {args.level}")
     print_task_samples(name, args.level)

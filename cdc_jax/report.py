@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from cdc_jax import names
+from cdc_jax.coalitions import analysis as analysis_lib
+from cdc_jax.coalitions import bootstrap
+from cdc_jax.coalitions import examples as examples_lib
 from cdc_jax.coalitions import games
 from cdc_jax.coalitions import incentives
 from cdc_jax.coalitions import results as results_lib
@@ -79,11 +82,14 @@ def _game_summary(runs: Mapping[Coalition, SeedAverage]) -> _GameSummary | list[
       games.check_core(game, shapley), games.solve_core_lp(game))
 
 
-def summary_table(rows: Sequence[RunResult]) -> str:
+def summary_table(rows: Sequence[RunResult],
+                  analyses: Mapping[Setting, analysis_lib.SettingAnalysis] | None = None) -> str:
   """Plain-text tables per setting: community x coalition accuracy, gains, Shapley.
 
   Natural-mixture runs only, averaged over seeds; '-' where a community is not
-  a member or a run is missing.
+  a member or a run is missing. With ``analyses`` (from per-example outcomes)
+  each setting also gets its table with 95% intervals, baselines, chance
+  levels and its significant coalition effects (:func:`interval_table`).
   """
   blocks = []
   by_setting = incentives.natural_by_setting(rows)
@@ -108,7 +114,69 @@ def summary_table(rows: Sequence[RunResult]) -> str:
     if not shapley:
       blocks[-1] += (f"\nshapley: needs {len(summary)} more coalition(s): "
                      f"{', '.join(map(incentives.coalition_name, summary))}")
+    if analyses is not None and setting in analyses:
+      blocks[-1] += "\n" + interval_table(analyses[setting])
+    elif analyses is not None:
+      blocks[-1] += "\n(no intervals: some runs of this setting lack per-example outcomes)"
   return "\n\n".join(blocks) if blocks else "no natural-mixture runs"
+
+
+SIGNIFICANCE_NOTE = ("~ marks a difference whose 95% interval contains 0 (not significant); "
+                     "IR 'yes~'/'no~': individual rationality decided by noise (a member's gain "
+                     "interval contains 0)")
+
+
+def _coalitions_of(a: analysis_lib.SettingAnalysis) -> list[Coalition]:
+  return sorted(a.accuracy, key=_coalition_sort_key)
+
+
+def interval_table(a: analysis_lib.SettingAnalysis) -> str:
+  """Plain text: coalitions x communities with 95% intervals, baselines and verdicts."""
+  iv = bootstrap.format_interval
+  communities = list(a.communities)
+  rows = [["chance level", *(_fmt(a.chance.get(c)) for c in communities)]]
+  for name, values in a.baselines.items():
+    rows.append([name, *(iv(values.get(c)) for c in communities)])
+  for c in _coalitions_of(a):
+    rows.append([incentives.coalition_name(c), *(iv(a.accuracy[c].get(i)) for i in communities)])
+  gains = [[incentives.coalition_name(c),
+            *(iv(a.gain[c].get(i), signed=True, mark=True) if i in c else "-"
+              for i in communities), a.ir[c]]
+           for c in _coalitions_of(a) if len(c) > 1]
+  welfare = [[incentives.coalition_name(c), iv(a.macro_welfare[c]), iv(a.weighted_welfare[c]),
+              iv(a.worst_off[c])] for c in _coalitions_of(a) if len(c) > 1]
+  lines = [f"accuracy with 95% intervals:\n{_text_table(['coalition', *communities], rows)}",
+           f"gain over training alone ({SIGNIFICANCE_NOTE}):\n"
+           f"{_text_table(['coalition', *communities, 'IR'], gains)}",
+           f"welfare:\n{_text_table(['coalition', 'macro', 'weighted', 'worst-off'], welfare)}"]
+  if a.shapley is not None:
+    lines.append("Shapley / Banzhaf (total welfare):\n" + _text_table(
+        ["community", "Shapley", "Banzhaf"],
+        [[i, iv(a.shapley[i], signed=True), iv(a.banzhaf[i], signed=True)]
+         for i in communities]) + f"\ncore: {a.core}")
+  lines.append(_verdicts(a))
+  lines.append(a.method)
+  return "\n".join(lines)
+
+
+def _verdicts(a: analysis_lib.SettingAnalysis) -> str:
+  """Which standalone students beat chance, and which coalition effects are significant."""
+  out = []
+  for c in a.communities:
+    alone = a.accuracy.get(frozenset({c}), {}).get(c)
+    if alone is None:
+      continue
+    verdict = "above" if alone.above(a.chance[c]) else "NOT above"
+    out.append(f"standalone {c}: {bootstrap.format_interval(alone)} is {verdict} its chance "
+               f"level {a.chance[c]:.3f}")
+  effects = a.significant_effects()
+  if effects:
+    out.append("coalition effects whose 95% interval excludes 0: " + "; ".join(
+        f"{label} {bootstrap.format_interval(v, signed=True)}" for label, v in effects))
+  else:
+    out.append("no coalition effect (gain or altruistic contribution) has a 95% interval that "
+               "excludes 0: at these sizes every coalition effect is within noise")
+  return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------
@@ -144,6 +212,38 @@ def _incentives_section(runs: Mapping[Coalition, SeedAverage], *, tolerance: flo
                   _fmt(row.macro_welfare), _fmt(row.weighted_welfare), _fmt(row.worst_off),
                   *(_fmt(row.altruistic.get(i), signed=True) for i in communities)])
   return _markdown_table(header, table)
+
+
+def _interval_section(a: analysis_lib.SettingAnalysis) -> str:
+  """Markdown tables of one setting with 95% intervals, baselines and verdicts."""
+  iv = bootstrap.format_interval
+  communities = list(a.communities)
+  acc_rows = [["chance level", "-", *(_fmt(a.chance.get(c)) for c in communities)]]
+  acc_rows += [[name, "-", *(iv(v.get(c)) for c in communities)]
+               for name, v in a.baselines.items()]
+  acc_rows += [[incentives.coalition_name(c), a.coalition_seeds.get(c, len(a.seeds)),
+                *(iv(a.accuracy[c].get(i)) for i in communities)] for c in _coalitions_of(a)]
+  coalitions = [c for c in _coalitions_of(a) if len(c) > 1]
+  gain_rows = [[incentives.coalition_name(c),
+                *(iv(a.gain[c].get(i), signed=True, mark=True) if i in c else "-"
+                  for i in communities), a.ir[c],
+                *(iv(a.altruistic[c].get(i), signed=True, mark=True) if i in c else "-"
+                  for i in communities)] for c in coalitions]
+  welfare_rows = [[incentives.coalition_name(c), iv(a.macro_welfare[c]),
+                   iv(a.weighted_welfare[c]), iv(a.worst_off[c])] for c in coalitions]
+  parts = [a.method + " " + SIGNIFICANCE_NOTE + ".",
+           _markdown_table(["accuracy", "seeds", *communities], acc_rows),
+           _markdown_table(["coalition", *(f"gain {i}" for i in communities), "IR",
+                            *(f"altruistic {i}" for i in communities)], gain_rows),
+           _markdown_table(["coalition", "macro welfare", "weighted welfare", "worst-off"],
+                           welfare_rows)]
+  if a.shapley is not None:
+    parts.append(_markdown_table(
+        ["community", "Shapley", "Banzhaf"],
+        [[i, iv(a.shapley[i], signed=True), iv(a.banzhaf[i], signed=True)]
+         for i in communities]) + f"\n\nCore (total-welfare game): {a.core}.")
+  parts.append("\n".join(f"- {line}" for line in _verdicts(a).splitlines()))
+  return "\n\n".join(parts)
 
 
 def _game_section(summary: _GameSummary | list[Coalition]) -> str:
@@ -223,8 +323,14 @@ def _primary_setting(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage
 
 
 def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, source: str = "",
-                 tolerance: float = 0.0, notes: Sequence[str] = ()) -> Path:
-  """Writes ``report.md`` and its figures into ``out_dir``; returns the report's path."""
+                 tolerance: float = 0.0, notes: Sequence[str] = (),
+                 analyses: Mapping[Setting, analysis_lib.SettingAnalysis] | None = None) -> Path:
+  """Writes ``report.md`` and its figures into ``out_dir``; returns the report's path.
+
+  ``analyses`` (:func:`cdc_jax.coalitions.analysis.analyse`) add 95% intervals,
+  baselines and chance levels to the tables and error bars to the figures.
+  """
+  analyses = analyses or {}
   # matplotlib only when a report is drawn.
   from cdc_jax.coalitions import figures
   from cdc_jax.contribution import figures as contribution_figures
@@ -239,13 +345,14 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
   sections = [f"# Coalition sweep report\n\n{len(rows)} runs read from `{source}`; "
               f"{len(by_setting)} settings with natural-mixture runs, "
               f"{len(points)} proportion-sweep points. Accuracies are averaged over seeds; "
-              "formulas in docs/incentives.md.", *notes, "## Runs", _runs_section(rows)]
+              "formulas in docs/incentives.md.", *notes, _uncertainty_note(by_setting, analyses),
+              "## Runs", _runs_section(rows)]
 
   written: set[str] = set()
 
-  def figure(title: str, plot, *args, filename: str) -> None:
+  def figure(title: str, plot, *args, filename: str, **kwargs) -> None:
     try:
-      path = plot(*args, out_dir / filename)
+      path = plot(*args, out_dir / filename, **kwargs)
       written.add(path.name)
       sections.append(f"### {title}\n\n![{title}]({path.name})")
     except figures.MissingRuns as e:
@@ -258,9 +365,9 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
   else:
     primary = _primary_setting(base)
     figure(f"Accuracy vs rationale level ({base_text})", figures.plot_levels, base,
-           filename="levels.png")
+           filename="levels.png", analyses=analyses)
     figure(f"Coalition vs standalone accuracy ({primary})", figures.plot_coalitions,
-           base[primary], primary, filename="coalitions.png")
+           base[primary], primary, filename="coalitions.png", analysis=analyses.get(primary))
     shapley = {}
     for setting in sorted(base, key=incentives.setting_sort_key):
       summary = _game_summary(base[setting])
@@ -272,7 +379,9 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
                       f"a setting at level {primary.level}; {primary} lacks {missing}.*")
     else:
       figure(f"Shapley values (level {primary.level})", figures.plot_shapley, shapley,
-             filename="shapley.png")
+             filename="shapley.png",
+             intervals={s: analyses[s].shapley for s in shapley
+                        if s in analyses and analyses[s].shapley})
   sweeps = collections.defaultdict(list)
   for point in points:
     sweeps[(point.setting, point.members)].append(point)
@@ -299,6 +408,9 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
     sections += [f"### {setting}", _incentives_section(by_setting[setting], tolerance=tolerance),
                  "Shapley / Banzhaf values (total-welfare game; last column macro welfare):",
                  _game_section(_game_summary(by_setting[setting]))]
+    if setting in analyses:
+      sections += [f"#### {setting}: with 95% intervals and baselines",
+                   _interval_section(analyses[setting])]
   if points:
     sections += ["## Proportion sweeps", _proportion_section(points)]
   if any(a.setting.eps is not None for a in averages):
@@ -309,6 +421,26 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
   for name in stale:  # Figures of an earlier report into this directory that this one lacks.
     (out_dir / name).unlink(missing_ok=True)
   return path
+
+
+def _uncertainty_note(by_setting: Mapping[Setting, object],
+                      analyses: Mapping[Setting, analysis_lib.SettingAnalysis]) -> str:
+  """What the report says about intervals: their method, or why there are none."""
+  if not analyses:
+    return ("*No 95% intervals: the runs have no per-example outcomes (`examples.jsonl`, "
+            "written by sweeps since per-example results were added); the tables are point "
+            "estimates.*")
+  first = next(iter(analyses.values()))
+  missing = [str(s) for s in by_setting if s not in analyses]
+  text = (f"Uncertainty: {first.resamples} paired bootstrap resamples over test examples and "
+          "seeds (the same example resample for every coalition and baseline, so differences "
+          "are paired; percentile intervals); method and test-set sizes are stated per setting. "
+          f"{SIGNIFICANCE_NOTE}. Chance level: max(uniform guess, majority-class accuracy). "
+          "Baselines: majority class (train split's most common answer scored on test), "
+          "teacher (the records' teacher answers), zero-shot student (where the sweep ran one).")
+  if missing:
+    text += f" Settings without intervals (runs lack per-example outcomes): {', '.join(missing)}."
+  return text
 
 
 def _figures_of(report_path: Path) -> list[str]:
@@ -325,8 +457,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--out", type=Path, default=None, help="output directory (default: sweep)")
   parser.add_argument("--tolerance", type=float, default=0.0,
                       help="individual rationality allows gains down to -tolerance")
+  parser.add_argument("--resamples", type=int, default=bootstrap.DEFAULT_RESAMPLES,
+                      help="bootstrap resamples of test examples and seeds")
   args = parser.parse_args(argv)
   rows, source = results_lib.load_sweep(args.sweep_dir)
+  analyses = analysis_lib.analyse(rows, examples_lib.collect_examples(args.sweep_dir, rows),
+                                  resamples=args.resamples, tolerance=args.tolerance)
   notes = []
   if source == args.sweep_dir:
     unfinished = results_lib.unfinished_runs(args.sweep_dir)
@@ -335,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    f"(unfinished, not in this report): "
                    f"{', '.join(p.name for p in unfinished)}.")
   path = build_report(rows, args.out or args.sweep_dir, source=str(source),
-                      tolerance=args.tolerance, notes=notes)
+                      tolerance=args.tolerance, notes=notes, analyses=analyses)
   settings = len({incentives.setting_of(r) for r in rows})
   print(f"read {len(rows)} runs ({settings} settings) from {source}")
   for note in notes:

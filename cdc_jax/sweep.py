@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from cdc_jax import names, progress
+from cdc_jax.coalitions import examples as examples_lib
 from cdc_jax.coalitions import experiment, results
 from cdc_jax.data import records as records_lib
 
@@ -51,6 +52,9 @@ class SweepSpec:
       :meth:`left_out` lists the (level, coalition) pairs this skips.
     selection: contribution policy the traces were selected with (e.g.
       'key_tokens:k=4'), recorded in each result.
+    zero_shot: also run, per level, format and seed, the student before any
+      fine-tuning (0 steps) on every community: the zero-shot baseline of a
+      pretrained student (for a random-init student it only measures noise).
   """
   communities: tuple[str, ...]
   coalition_sizes: tuple[int, ...] = ()
@@ -63,6 +67,7 @@ class SweepSpec:
   eps_values: tuple[float | None, ...] = (None,)
   community_levels: Mapping[str, Sequence[int]] | None = None
   selection: str | None = None
+  zero_shot: bool = False
 
   def __post_init__(self):
     for c in self.communities:
@@ -111,6 +116,12 @@ class SweepSpec:
         out.append(experiment.CoalitionSpec(members=members, level=level, fmt=fmt, seed=seed,
                                             proportions=props, evaluate_on=evaluate_on, eps=eps,
                                             selection=self.selection))
+    if self.zero_shot:  # One untrained student per level, format and seed, scored on everyone.
+      for level, fmt, seed in itertools.product(self.levels, self.formats, self.seeds):
+        everyone = tuple(sorted(c for c in self.communities if self._has_level((c,), level)))
+        if everyone:
+          out.append(experiment.CoalitionSpec(members=everyone, level=level, fmt=fmt, seed=seed,
+                                              selection=self.selection, baseline="zero_shot"))
     return out
 
 
@@ -171,8 +182,12 @@ def run_sweep(*, spec: SweepSpec, sweep_dir: str, gin_files: Sequence[str],
   rows = results.collect_results(sweep_dir)
   results.write_results(sweep_dir / results.TABLE_FILENAME, rows)
   results.write_results_csv(sweep_dir / "results.csv", rows)
+  # Per-example outcomes of every run in one file, read by the paired bootstrap.
+  outcomes = examples_lib.collect_examples(sweep_dir, rows)
+  lines = examples_lib.write_sweep_examples(sweep_dir / results.EXAMPLES_FILENAME, outcomes)
   print(f"sweep {sweep_dir}: {len(rows)} finished runs in {results.TABLE_FILENAME} and "
-        f"results.csv; {len(failed)} failed", flush=True)
+        f"results.csv, {lines} per-example outcomes of {len(outcomes)} runs in "
+        f"{results.EXAMPLES_FILENAME}; {len(failed)} failed", flush=True)
   if failed:
     raise RuntimeError(f"{len(failed)} run(s) failed: {[d.name for d in failed]}")
   return rows

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cdc_jax import sweep
-from cdc_jax.coalitions import experiment, results
+from cdc_jax.coalitions import examples, experiment, results
 from tests import train_helpers
 
 
@@ -58,15 +58,29 @@ def test_sweep_runs_skips_finished_and_reports_failures(tmp_path, capsys):
   assert rows[0].steps == 4 and rows[0].num_examples == {"yesland": 8}
   assert 0.0 <= rows[0].accuracy["yesland"] <= 1.0
   assert "acc_yesland" in (tmp_path / "sweep" / "results.csv").read_text().splitlines()[0]
-  # Re-running skips the finished run and retries only the failed one.
-  ok = sweep.SweepSpec(communities=("yesland",), levels=(6,), formats=("label_only",))
+  # Per-example outcomes, next to result.json and gathered for the sweep.
+  run_examples = examples.read_examples(
+      tmp_path / "sweep" / "yesland.L6.label_only.s0" / results.EXAMPLES_FILENAME)[None]
+  assert sorted(o.id for o in run_examples) == [f"test{100 + i}" for i in range(8)]
+  assert sum(o.correct for o in run_examples) / 8 == rows[0].accuracy["yesland"]
+  # Every answer is 'yes': the majority class is always right; no teacher answers recorded.
+  assert all(o.majority_correct and o.teacher_correct is None and o.chance == 0.5
+             for o in run_examples)
+  assert examples.read_examples(tmp_path / "sweep" / results.EXAMPLES_FILENAME) == {
+      "yesland.L6.label_only.s0": run_examples}
+  # Re-running skips the finished run and retries only the failed one; the zero-shot
+  # baseline (0 steps) is evaluated like any other run.
+  ok = sweep.SweepSpec(communities=("yesland",), levels=(6,), formats=("label_only",),
+                       zero_shot=True)
   log = tmp_path / "sweep" / "yesland.L6.label_only.s0" / "log.txt"
   before = log.read_text()
-  assert len(sweep.run_sweep(spec=ok, sweep_dir=str(tmp_path / "sweep"),
-                             gin_files=["gin/experiments/coalition_tiny.gin"],
-                             gin_bindings=bindings)) == 1
+  rows = sweep.run_sweep(spec=ok, sweep_dir=str(tmp_path / "sweep"),
+                         gin_files=["gin/experiments/coalition_tiny.gin"], gin_bindings=bindings)
   assert log.read_text() == before
-  assert "1 runs, 1 done, 0 to run" in capsys.readouterr().out
+  assert "2 runs, 1 done, 1 to run" in capsys.readouterr().out
+  zero = next(r for r in rows if r.baseline == "zero_shot")
+  assert zero.run == "zero_shot.yesland.L6.label_only.s0" and zero.steps == 0
+  assert zero.train_examples == {"yesland": 0}
 
 
 def test_coalition_spec_normalises_and_names_runs():
@@ -79,3 +93,15 @@ def test_coalition_spec_normalises_and_names_runs():
   assert experiment.eval_task("trivia", 3, "step_by_step") == "cdc.trivia.L3.step_by_step:predict"
   with pytest.raises(ValueError, match="must name exactly"):
     experiment.CoalitionSpec(members=("a", "b"), level=1, fmt="cot_label", proportions={"a": 1})
+
+
+def test_zero_shot_adds_one_untrained_student_per_level_format_and_seed():
+  spec = sweep.SweepSpec(communities=("a", "b"), levels=(1, 6), seeds=(0, 1), zero_shot=True,
+                         community_levels={"a": [1, 6], "b": [6]})
+  zero = [r for r in spec.runs() if r.baseline]
+  assert [(r.members, r.level, r.seed) for r in zero] == [
+      (("a",), 1, 0), (("a",), 1, 1), (("a", "b"), 6, 0), (("a", "b"), 6, 1)]
+  assert zero[0].run_id == "zero_shot.a.L1.cot_label.s0"
+  assert len(spec.runs()) - len(zero) == len(sweep.SweepSpec(
+      communities=("a", "b"), levels=(1, 6), seeds=(0, 1),
+      community_levels={"a": [1, 6], "b": [6]}).runs())

@@ -1,5 +1,6 @@
 """The embedded benchmark: determinism, level ordering, teacher errors, shared world."""
 
+import dataclasses
 import re
 import statistics
 
@@ -84,3 +85,43 @@ def test_compression_keeps_key_step_and_order():
   assert compression.compress(steps, 6) == "First, A is 3. Next, B is 4. Finally, 3 + 4 = 7."
   with pytest.raises(ValueError):
     compression.compress(steps, 0)
+
+
+_FACT = re.compile(r"^(\w+ lies on the \w+ river|The twin town of \w+ is \w+|\w+ was founded \d+ "
+                   r"years ago|\w+ has \d+ bridges|\w+ is in the \w+ region|The \w+ region has a "
+                   r"\w+ climate|The \w+ river (freezes|does not freeze) in winter)\.$")
+
+
+def _facts(rationale: str) -> set[str]:
+  return {s for s in re.split(r"(?<=\.)\s", rationale) if _FACT.match(s)}
+
+
+def test_demo_world_states_the_facts_of_its_test_questions_in_training():
+  config = synthetic.demo_world()
+  kb = synthetic.build_knowledge_base(seed=config.seed, num_towns=config.num_towns,
+                                      num_rivers=config.num_rivers)
+  data = {c: synthetic.generate_community(c, config, kb) for c in synthetic.COMMUNITY_NAMES}
+  pooled = set().union(*(_facts(r.rationales[5]) for d in data.values() for r in d["train"]))
+  for name in ("strategy", "commonsense", "trivia"):
+    own = set().union(*(_facts(r.rationales[5]) for r in data[name]["train"]))
+    test = data[name]["test"]
+    assert len(test) == config.test_size
+    covered_own = sum(_facts(r.rationales[5]) <= own for r in test)
+    covered_pooled = sum(_facts(r.rationales[5]) <= pooled for r in test)
+    # Answerable from training: most test items' facts are stated in the community's own
+    # training rationales, nearly all in the pooled ones (what coalitions add).
+    assert covered_own >= 0.5 * len(test), (name, covered_own)
+    assert covered_pooled >= 0.85 * len(test), (name, covered_pooled)
+    assert covered_pooled >= covered_own
+    if name == "trivia":  # The small community: the others' rationales state what it lacks.
+      assert covered_pooled >= covered_own + 0.2 * len(test)
+  # Trivia's one-town questions run out in a small world: its train split shrinks.
+  assert len(data["trivia"]["train"]) < config.train_size == len(data["strategy"]["train"])
+
+
+def test_small_world_without_shrink_train_raises():
+  config = synthetic.SyntheticConfig(num_towns=12, train_size=200, test_size=60)
+  with pytest.raises(ValueError, match=r"community trivia: only \d+ distinct questions"):
+    synthetic.generate_community("trivia", config)
+  shrunk = synthetic.generate_community("trivia", dataclasses.replace(config, shrink_train=True))
+  assert len(shrunk["test"]) == 60 and 0 < len(shrunk["train"]) < 200

@@ -4,6 +4,9 @@ Importing this package is light (numpy only, no JAX): the analysis runs
 wherever the sweep's results are. See docs/incentives.md for the formulas.
 """
 
+from cdc_jax.coalitions.analysis import SettingAnalysis, analyse
+from cdc_jax.coalitions.bootstrap import Bootstrap, Interval, Outcomes
+from cdc_jax.coalitions.examples import ExampleOutcome, collect_examples, read_examples
 from cdc_jax.coalitions.games import (
     CoreCheck,
     CoreLP,

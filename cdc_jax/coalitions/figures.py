@@ -43,7 +43,7 @@ def _colors(keys: Sequence[str]) -> dict[str, tuple]:
 
 
 def plot_levels(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage]],
-                path: str | os.PathLike) -> Path:
+                path: str | os.PathLike, analyses: Mapping[Setting, object] | None = None) -> Path:
   """Accuracy vs granularity level, one line per (community, format).
 
   Left: each community alone; right: in the grand coalition of all
@@ -57,7 +57,9 @@ def plot_levels(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage]],
       for panel, coalition in zip(panels, (frozenset({community}), grand)):
         if coalition in runs:
           line = panels[panel].setdefault((community, setting.format), {})
-          line[setting.level] = runs[coalition].accuracy[community]
+          a = (analyses or {}).get(setting)
+          line[setting.level] = (runs[coalition].accuracy[community],
+                                 a.accuracy.get(coalition, {}).get(community) if a else None)
   if not any(len(line) >= 2 for lines in panels.values() for line in lines.values()):
     raise MissingRuns("needs standalone or grand-coalition runs of a community at two or more "
                       "levels (same format)")
@@ -67,23 +69,44 @@ def plot_levels(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage]],
   for ax, (title, lines) in zip(axes, panels.items()):
     for (community, fmt), points in sorted(lines.items()):
       levels = sorted(points)
-      ax.plot(levels, [points[l] for l in levels], color=colors[community],
-              marker=_MARKERS[formats.index(fmt) % len(_MARKERS)],
-              linestyle=("-", "--", ":", "-.")[formats.index(fmt) % 4],
-              label=f"{community} / {fmt}")
+      values = [points[l][0] for l in levels]
+      bounds = [points[l][1] for l in levels]
+      yerr = None
+      if all(b is not None for b in bounds):
+        yerr = [[max(v - b.low, 0.0) for v, b in zip(values, bounds)],
+                [max(b.high - v, 0.0) for v, b in zip(values, bounds)]]
+      ax.errorbar(levels, values, yerr=yerr, capsize=3, color=colors[community],
+                  marker=_MARKERS[formats.index(fmt) % len(_MARKERS)],
+                  linestyle=("-", "--", ":", "-.")[formats.index(fmt) % 4],
+                  label=f"{community} / {fmt}")
+    chance = {c: a.chance[c] for a in (analyses or {}).values() for c in a.chance}
+    for community, level in sorted(chance.items()):
+      if any(c == community for c, _ in lines):
+        ax.axhline(level, color=colors[community], linestyle=(0, (1, 3)), linewidth=1)
     ax.set_title(title)
     ax.set_xlabel("rationale level (1 = label only ... 6 = full CoT)")
     ax.set_xticks(list(names.LEVELS))
     ax.grid(alpha=0.3)
     if lines:
       ax.legend(fontsize=7)
-  axes[0].set_ylabel("test accuracy")
+  axes[0].set_ylabel("test accuracy" + (" (95% interval; dotted: chance)" if analyses else ""))
   return _save(fig, path)
 
 
+def _yerr(value, interval) -> list[list[float]] | None:
+  """Asymmetric error bar of ``value`` from an Interval (None without one)."""
+  if interval is None:
+    return None
+  return [[max(value - interval.low, 0.0)], [max(interval.high - value, 0.0)]]
+
+
 def plot_coalitions(runs: Mapping[Coalition, SeedAverage], setting: Setting,
-                    path: str | os.PathLike) -> Path:
-  """Grouped bars: each community's accuracy alone and in every coalition it is in."""
+                    path: str | os.PathLike, analysis=None) -> Path:
+  """Grouped bars: each community's accuracy alone and in every coalition it is in.
+
+  With ``analysis`` (a SettingAnalysis) bars get 95% error bars and each
+  community a dashed chance line (max of uniform guess and majority class).
+  """
   communities = sorted({i for c in runs for i in c})
   if not any(len(c) > 1 for c in runs):
     raise MissingRuns(f"needs runs of coalitions of two or more communities ({setting})")
@@ -97,19 +120,26 @@ def plot_coalitions(runs: Mapping[Coalition, SeedAverage], setting: Setting,
     start = x
     for coalition in coalitions:
       size = len(coalition)
-      ax.bar(x, runs[coalition].accuracy[community], width=0.8, color=colors[size],
+      value = runs[coalition].accuracy[community]
+      bounds = analysis.accuracy.get(coalition, {}).get(community) if analysis else None
+      ax.bar(x, value, width=0.8, color=colors[size], yerr=_yerr(value, bounds), capsize=3,
              label=None if size in labelled else ("alone" if size == 1 else f"{size} communities"))
       labelled.add(size)
       ticks.append(x)
       labels.append(incentives.coalition_name(coalition))
       x += 1
     centers.append(((start + x - 1) / 2, community))
+    if analysis is not None and community in analysis.chance:
+      ax.hlines(analysis.chance[community], start - 0.45, x - 0.55, colors="red",
+                linestyles="dashed", linewidth=1.2,
+                label=None if "chance" in labelled else "chance level")
+      labelled.add("chance")
     x += 1  # A gap between communities.
   ax.set_xticks(ticks, labels, rotation=60, fontsize=7)
   for center, community in centers:
     ax.text(center, 1.02, community, transform=ax.get_xaxis_transform(), ha="center",
             fontweight="bold")
-  ax.set_ylabel("test accuracy of the community")
+  ax.set_ylabel("test accuracy of the community" + (" (95% interval)" if analysis else ""))
   ax.set_title(f"coalition vs standalone accuracy ({setting})", pad=18)
   ax.legend(fontsize=8)
   ax.grid(axis="y", alpha=0.3)
@@ -154,8 +184,12 @@ def plot_proportions(points: Sequence[incentives.ProportionPoint],
   return _save(fig, path)
 
 
-def plot_shapley(values: Mapping[Setting, Mapping[str, float]], path: str | os.PathLike) -> Path:
-  """Grouped bars of Shapley values (total-welfare game), one bar per setting."""
+def plot_shapley(values: Mapping[Setting, Mapping[str, float]], path: str | os.PathLike,
+                 intervals: Mapping[Setting, Mapping[str, object]] | None = None) -> Path:
+  """Grouped bars of Shapley values (total-welfare game), one bar per setting.
+
+  ``intervals`` (setting -> community -> Interval) draw 95% error bars.
+  """
   if not values:
     raise MissingRuns("needs all 2^K - 1 coalitions of a setting")
   communities = sorted({i for v in values.values() for i in v})
@@ -165,8 +199,14 @@ def plot_shapley(values: Mapping[Setting, Mapping[str, float]], path: str | os.P
   fig, ax = plt.subplots(figsize=(max(5.0, 1.5 * len(communities)), 4.2))
   for k, setting in enumerate(settings):
     xs = [j + (k - (len(settings) - 1) / 2) * width for j in range(len(communities))]
-    ax.bar(xs, [values[setting].get(i, 0.0) for i in communities], width=width,
-           color=colors[str(setting)], label=str(setting))
+    heights = [values[setting].get(i, 0.0) for i in communities]
+    bounds = (intervals or {}).get(setting)
+    yerr = None
+    if bounds and all(i in bounds for i in communities):
+      yerr = [[max(h - bounds[i].low, 0.0) for h, i in zip(heights, communities)],
+              [max(bounds[i].high - h, 0.0) for h, i in zip(heights, communities)]]
+    ax.bar(xs, heights, width=width, yerr=yerr, capsize=3, color=colors[str(setting)],
+           label=str(setting))
   ax.axhline(0.0, color="grey", linewidth=0.8)
   ax.set_xticks(range(len(communities)), communities)
   ax.set_ylabel("Shapley value (total-welfare game)")

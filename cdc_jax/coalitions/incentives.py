@@ -86,6 +86,8 @@ def average_over_seeds(rows: Iterable[RunResult]) -> list[SeedAverage]:
   """
   groups: dict[tuple, list[RunResult]] = collections.defaultdict(list)
   for row in rows:
+    if row.baseline is not None:  # Zero-shot runs are baselines, not coalitions.
+      continue
     groups[(setting_of(row), row.members, mixture_of(row))].append(row)
   out = []
   for (setting, members, mixture), runs in groups.items():

@@ -31,7 +31,9 @@ from cdc_jax.data import records
 
 RESULT_FILENAME = "result.json"
 TABLE_FILENAME = "results.jsonl"
+EXAMPLES_FILENAME = "examples.jsonl"
 _PROPORTION_TOLERANCE = 1e-6
+BASELINE_RUNS = (None, "zero_shot")
 
 
 class ResultError(ValueError):
@@ -72,6 +74,8 @@ class RunResult:
     train_examples: member -> training examples contributed.
     steps: training steps.
     wall_s: wall-clock seconds of the run.
+    baseline: None for a trained coalition; 'zero_shot' for a run of the
+      student before any fine-tuning (0 steps), evaluated like the others.
   """
   run: str
   members: tuple[str, ...]
@@ -86,6 +90,7 @@ class RunResult:
   proportions: Mapping[str, float] | None = None
   eps: float | None = None
   selection: str | None = None
+  baseline: str | None = None
 
   def __post_init__(self):
     # Normalise containers so equal runs compare equal whatever the writer passed.
@@ -172,6 +177,8 @@ def _validate(row: RunResult) -> None:
     raise _FieldError("eps", f"expected a positive finite number or null, got {row.eps!r}")
   if row.selection is not None and (not isinstance(row.selection, str) or not row.selection):
     raise _FieldError("selection", f"expected a non-empty string or null, got {row.selection!r}")
+  if row.baseline not in BASELINE_RUNS:
+    raise _FieldError("baseline", f"expected one of {BASELINE_RUNS}, got {row.baseline!r}")
   for community, value in row.accuracy.items():
     try:
       names.validate_name(community)

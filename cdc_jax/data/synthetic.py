@@ -297,6 +297,24 @@ def _twin_region(kb: KnowledgeBase, rng: random.Random) -> _Question:
   return _Question(f"In which region is the twin town of {a}?", solve, (a,))
 
 
+def _twin_name(kb: KnowledgeBase, rng: random.Random) -> _Question:
+  a = rng.choice(kb.town_names)
+
+  def solve(view: KnowledgeBase) -> Solution:
+    b, s1 = _twin(view, a, 0)
+    return [s1], b
+  return _Question(f"What is the twin town of {a}?", solve, (a,))
+
+
+def _region_of(kb: KnowledgeBase, rng: random.Random) -> _Question:
+  a = rng.choice(kb.town_names)
+
+  def solve(view: KnowledgeBase) -> Solution:
+    g, s1 = _region(view, a, 0)
+    return [s1], g
+  return _Question(f"In which region is {a}?", solve, (a,))
+
+
 def _river_of(kb: KnowledgeBase, rng: random.Random) -> _Question:
   a = rng.choice(kb.town_names)
 
@@ -322,7 +340,8 @@ COMMUNITIES = (
     _CommunitySpec("arithmetic", "number", "Multi-step arithmetic over town facts (GSM8K-like).",
                    (_bridges_sum, _lamps, _age_gap)),
     _CommunitySpec("trivia", "text", "Free-text look-ups of one to three hops.",
-                   (_twin_river, _climate_of, _twin_climate, _twin_region, _river_of)),
+                   (_twin_river, _climate_of, _twin_climate, _twin_region, _river_of, _twin_name,
+                    _region_of)),
 )
 COMMUNITY_NAMES = tuple(c.name for c in COMMUNITIES)
 
@@ -339,10 +358,33 @@ class SyntheticConfig:
   teacher_error_rate: float = 0.1
   num_towns: int = 80
   num_rivers: int = 8
+  # When a community has fewer distinct questions than train_size + test_size, keep
+  # test_size and shrink its train split instead of raising (small worlds).
+  shrink_train: bool = False
+
+
+def demo_world() -> SyntheticConfig:
+  """The world of `make demo`: small enough that a tiny student trained for a few
+  hundred steps on a CPU can learn it.
+
+  With the default 80 towns most test questions ask for facts that training
+  states rarely or never (a test item needs the founding years, bridges,
+  rivers and regions of its towns); a tiny random-init student then memorises
+  its training questions and answers test ones at chance. Here every town's
+  facts recur in many training rationales of every community, so a test
+  question (never seen in training) is answerable from what training states,
+  and pooling communities multiplies how often each fact is seen.
+  """
+  return SyntheticConfig(**DEMO_WORLD)
+
+
+DEMO_WORLD = {"num_towns": 16, "num_rivers": 4, "train_size": 240, "test_size": 60,
+              "shrink_train": True}
 
 
 def _questions(spec: _CommunitySpec, kb: KnowledgeBase, rng: random.Random,
-               count: int) -> list[_Question]:
+               count: int, *, at_least: int | None = None) -> list[_Question]:
+  """``count`` distinct questions; with ``at_least``, fewer (but that many) are enough."""
   out, seen = [], set()
   for _ in range(200 * count):
     if len(out) == count:
@@ -352,6 +394,8 @@ def _questions(spec: _CommunitySpec, kb: KnowledgeBase, rng: random.Random,
     if key not in seen:
       seen.add(key)
       out.append(q)
+  if at_least is not None and len(out) >= at_least:
+    return out
   raise ValueError(f"community {spec.name}: only {len(out)} distinct questions for {count} "
                    "requested; use more towns or fewer examples")
 
@@ -367,12 +411,15 @@ def generate_community(spec_name: str, config: SyntheticConfig = SyntheticConfig
   kb = kb or build_knowledge_base(seed=config.seed, num_towns=config.num_towns,
                                   num_rivers=config.num_rivers)
   rng = random.Random(f"{spec.name}:{config.seed}")
-  questions = _questions(spec, kb, rng, config.train_size + config.test_size)
+  questions = _questions(spec, kb, rng, config.train_size + config.test_size,
+                         at_least=config.test_size + 1 if config.shrink_train else None)
+  # A small world has fewer distinct questions for some communities: their train split shrinks.
+  train_size = len(questions) - config.test_size
   provenance = {"source": f"cdc_jax.data.synthetic(seed={config.seed})", "license": "CC0-1.0",
                 "teacher_error_rate": config.teacher_error_rate}
   out: dict[str, list[records_lib.TraceRecord]] = {"train": [], "test": []}
   for i, q in enumerate(questions):
-    split = "train" if i < config.train_size else "test"
+    split = "train" if i < train_size else "test"
     steps, gold = q.solve(kb)
     teacher_answer = gold
     if rng.random() < config.teacher_error_rate:
@@ -410,7 +457,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True, help="directory for the community directories")
   for field in dataclasses.fields(SyntheticConfig):
-    parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+    if isinstance(field.default, bool):
+      parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction,
+                          default=field.default)
+    else:
+      parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
   args = parser.parse_args(argv)
   config = SyntheticConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SyntheticConfig)})
   for path in build_embedded_communities(args.out, config):

@@ -25,7 +25,8 @@ from typing import Sequence
 
 from cdc_jax import names
 from cdc_jax.data import records as records_lib
-from cdc_jax.teacher import launch, prompts, shards
+from cdc_jax.teacher import prompts, shards
+from cdc_jax.teacher import questions as questions_lib
 
 _MAX_ERRORS_PER_SHARD = 20
 
@@ -108,7 +109,7 @@ def _num_shards(out_dir: Path, num_shards: int | None) -> int:
   return num_shards
 
 
-def _check_shard(report: VerifyReport, out_dir: Path, index: int, questions: launch.Questions,
+def _check_shard(report: VerifyReport, out_dir: Path, index: int, questions: questions_lib.Questions,
                  by_id: dict[str, records_lib.TraceRecord], assignment: dict[str, int],
                  seen: set[str], levels: Sequence[int] | None) -> list[records_lib.TraceRecord]:
   stem = shards.shard_stem(index, report.num_shards)
@@ -169,7 +170,7 @@ def _check_shard(report: VerifyReport, out_dir: Path, index: int, questions: lau
   return recs
 
 
-def verify_output(out_dir: str | Path, questions: launch.Questions, *,
+def verify_output(out_dir: str | Path, questions: questions_lib.Questions, *,
                   num_shards: int | None = None,
                   levels: Sequence[int] | None = None) -> VerifyReport:
   """Checks the launcher's output in ``out_dir`` against ``questions`` (see module docstring).
@@ -180,7 +181,7 @@ def verify_output(out_dir: str | Path, questions: launch.Questions, *,
   return report
 
 
-def _verify(out_dir: Path, questions: launch.Questions, *, num_shards: int | None,
+def _verify(out_dir: Path, questions: questions_lib.Questions, *, num_shards: int | None,
             levels: Sequence[int] | None) -> tuple[VerifyReport, list[records_lib.TraceRecord]]:
   if levels is not None:
     for level in levels:
@@ -200,7 +201,7 @@ def _verify(out_dir: Path, questions: launch.Questions, *, num_shards: int | Non
   return report, recs
 
 
-def write_output_community(out_dir: str | Path, questions: launch.Questions,
+def write_output_community(out_dir: str | Path, questions: questions_lib.Questions,
                            dest: str | Path, *, report: VerifyReport | None = None) -> Path:
   """Writes the verified traces as a community directory at ``dest``; returns its manifest path.
 
@@ -228,10 +229,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """Parses the command line."""
   parser = argparse.ArgumentParser(prog="python -m cdc_jax.teacher.verify",
                                    description=__doc__.split("\n")[0])
-  launch.add_input_flags(parser)
+  questions_lib.add_input_flags(parser)
   parser.add_argument("--out", required=True, help="the launcher's output directory")
   parser.add_argument("--num_shards", type=int, default=None, help="default: from the file names")
-  parser.add_argument("--levels", type=launch.parse_levels, default=None,
+  parser.add_argument("--levels", type=questions_lib.parse_levels, default=None,
                       help="levels every record must have (default: what the run asked for)")
   parser.add_argument("--write_community", default=None,
                       help="if verified, write the traces as a community directory here")
@@ -242,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Verifies; returns 0 if the output is complete and sound, else 1."""
   args = parse_args(argv)
   try:
-    questions = launch.load_questions(args.input, splits=args.splits)
+    questions = questions_lib.load_questions(args.input, splits=args.splits)
     report = verify_output(args.out, questions, num_shards=args.num_shards, levels=args.levels)
     print(report)
     if report.ok and args.write_community:

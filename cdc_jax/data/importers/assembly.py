@@ -22,6 +22,7 @@ from cdc_jax import answers as answers_lib
 from cdc_jax import names
 from cdc_jax.data import records as records_lib
 from cdc_jax.data.importers.sources import SourceError, SourceItem
+from cdc_jax.answers import strip_answer_sentence  # Re-exported for the importers.
 
 KEEP_CHOICES = ("all", "correct")
 
@@ -29,11 +30,6 @@ KEEP_CHOICES = ("all", "correct")
 # (a gsm8k question starts with a Cyrillic 'А' in one file, a Latin 'A' in another).
 _HOMOGLYPHS = str.maketrans("АВЕКМНОРСТХаеорсухіІ", "ABEKMHOPCTXaeopcyxiI")
 _WORD = re.compile(r"\w+")
-# The closing answer sentence the formats append themselves; connectives
-# before it ("So, the answer is") go with it.
-_FINAL_ANSWER = re.compile(
-    r"(?:\b(?:so|therefore|thus|hence)\s*,?\s+)?\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
-_TRAILING = " \t\r\n,;:-"
 
 
 def question_key(question: str, choices: Sequence[str] | None = None) -> str:
@@ -68,37 +64,6 @@ def stable_id(key: str, split: str) -> str:
   """
   digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
   return f"{split}-{digest}"
-
-
-def strip_answer_sentence(text: str) -> str:
-  """The rationale without its closing 'The answer is X' sentence(s).
-
-  Everything from the last 'the answer is' on is the answer statement (teachers
-  sometimes continue it: 'The answer is 12, not 13 ...'), and so is a repeated
-  statement just before it. A cut rationale ends with a full stop; text
-  without 'the answer is' is returned whole.
-
-  >>> strip_answer_sentence("Bats are mammals. So, the answer is yes.")
-  'Bats are mammals.'
-  >>> strip_answer_sentence("2 + 2 = 4.\\n The answer is 4")
-  '2 + 2 = 4.'
-  >>> strip_answer_sentence("Lips are on the mouth, so the answer is A. The answer is A")
-  'Lips are on the mouth.'
-  """
-  matches = list(_FINAL_ANSWER.finditer(text))
-  if not matches:
-    return text.strip()
-  text = text[:matches[-1].start()].rstrip(_TRAILING)
-  # A last sentence that states the answer again ('Lips are on the mouth, so
-  # the answer is A. The answer is A') loses that statement too.
-  while matches := list(_FINAL_ANSWER.finditer(text)):
-    boundary = max(text.rfind(end, 0, len(text) - 1) for end in (". ", "\n", "! ", "? "))
-    if matches[-1].start() <= boundary:
-      break
-    text = text[:matches[-1].start()].rstrip(_TRAILING)
-  text = text.strip()
-  # The formats append 'The answer is X' as a sentence of its own.
-  return text + "." if text and text[-1] not in ".!?" else text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,192 @@
+"""Per-example outcomes of a sweep's runs: what paired analyses read.
+
+Each run directory holds ``examples.jsonl`` next to ``result.json``, one line
+per (community, test example) the run was evaluated on::
+
+  {"community": "strategy", "id": "strategy-test-00007", "correct": true,
+   "answer": "no", "majority_correct": true, "teacher_correct": false, "chance": 0.5}
+
+``answer`` is the student's parsed answer (null when unparseable);
+``majority_correct`` scores the train split's most common answer on this
+example; ``teacher_correct`` is the record's teacher answer scored against
+gold (null when the records carry no teacher answer); ``chance`` is the
+probability of a uniform guess (0.5 yes/no, 1/choices, 0 free text/numbers).
+The sweep gathers every run's lines, with a ``run`` field, into its own
+``examples.jsonl`` (so a committed sweep keeps them without run directories).
+Readers validate every line; errors name the file, line and field.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from cdc_jax import answers as answers_lib
+from cdc_jax.coalitions.results import EXAMPLES_FILENAME, ResultError, RunResult
+from cdc_jax.data import records
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleOutcome:
+  """One test example of one run: the student's outcome and the baselines'."""
+  community: str
+  id: str
+  correct: bool
+  answer: str | None = None
+  majority_correct: bool | None = None
+  teacher_correct: bool | None = None
+  chance: float | None = None
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ExampleOutcome)}
+_CHECKS = {
+    "community": lambda v: isinstance(v, str) and bool(v),
+    "id": lambda v: isinstance(v, str) and bool(v),
+    "correct": lambda v: isinstance(v, bool),
+    "answer": lambda v: v is None or isinstance(v, str),
+    "majority_correct": lambda v: v is None or isinstance(v, bool),
+    "teacher_correct": lambda v: v is None or isinstance(v, bool),
+    "chance": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      and 0 <= v <= 1),
+}
+
+
+def _parse(obj: Any, path: Path, line: int, *, with_run: bool) -> tuple[str | None, ExampleOutcome]:
+  if not isinstance(obj, dict):
+    raise ResultError(path, line, None, f"expected a JSON object, got {type(obj).__name__}")
+  obj = dict(obj)
+  run = obj.pop("run", None)
+  if with_run and not (isinstance(run, str) and run):
+    raise ResultError(path, line, "run", "expected the run id (a non-empty string)")
+  unknown = sorted(set(obj) - set(_FIELDS))
+  if unknown:
+    raise ResultError(path, line, unknown[0], f"unknown field (expected {sorted(_FIELDS)})")
+  for name in ("community", "id", "correct"):
+    if name not in obj:
+      raise ResultError(path, line, name, "missing")
+  for name, value in obj.items():
+    if not _CHECKS[name](value):
+      raise ResultError(path, line, name, f"invalid value {value!r}")
+  return run, ExampleOutcome(**obj)
+
+
+def read_examples(path: str | os.PathLike) -> dict[str | None, list[ExampleOutcome]]:
+  """Reads an ``examples.jsonl`` (a run's, or a sweep's with ``run`` fields).
+
+  Returns run -> outcomes (key None for a run's own file). Raises ResultError
+  for a bad line or a (run, community, id) that appears twice.
+  """
+  path = Path(path)
+  try:
+    text = path.read_text(encoding="utf-8")
+  except FileNotFoundError:
+    raise ResultError(path, None, None, "file not found") from None
+  out: dict[str | None, list[ExampleOutcome]] = collections.defaultdict(list)
+  seen: dict[tuple, int] = {}
+  with_run = None
+  for number, line in enumerate(text.splitlines(), start=1):
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ResultError(path, number, None, f"invalid JSON: {e.msg} (column {e.colno})") from None
+    if with_run is None:
+      with_run = isinstance(obj, dict) and "run" in obj
+    run, outcome = _parse(obj, path, number, with_run=with_run)
+    key = (run, outcome.community, outcome.id)
+    if key in seen:
+      raise ResultError(path, number, "id", f"example {outcome.id!r} of {outcome.community!r} "
+                        f"repeats line {seen[key]}")
+    seen[key] = number
+    out[run].append(outcome)
+  return dict(out)
+
+
+def examples_to_jsonl(outcomes: Iterable[ExampleOutcome], run: str | None = None) -> str:
+  return "".join(json.dumps({**({"run": run} if run else {}), **o.to_json()}, sort_keys=True) + "\n"
+                 for o in outcomes)
+
+
+def write_examples(path: str | os.PathLike, outcomes: Sequence[ExampleOutcome]) -> int:
+  """Atomically writes one run's outcomes; returns the count written."""
+  records.atomic_write_text(path, examples_to_jsonl(outcomes))
+  return len(outcomes)
+
+
+def majority_answer(train_answers: Sequence[str]) -> str:
+  """The most common training answer (ties: the alphabetically first)."""
+  if not train_answers:
+    raise ValueError("no training answers to take a majority from")
+  counts = collections.Counter(train_answers)
+  return min(counts, key=lambda a: (-counts[a], a))
+
+
+def chance_of(record: records.TraceRecord) -> float:
+  """Probability that a uniform guess is right: 0.5 yes/no, 1/choices, else 0."""
+  if record.answer_type == "boolean":
+    return 0.5
+  if record.answer_type == "choice" and record.choices:
+    return 1.0 / len(record.choices)
+  return 0.0
+
+
+def outcomes_from_predictions(predictions_path: str | os.PathLike, community: str,
+                              test: Sequence[records.TraceRecord],
+                              train_answers: Sequence[str]) -> list[ExampleOutcome]:
+  """One community's outcomes from evaluate's ``<task>.predictions.jsonl``.
+
+  ``test`` are the community's test records (for the baselines), matched by
+  id; a prediction whose id is not among them is an error naming it.
+  """
+  path = Path(predictions_path)
+  by_id = {r.id: r for r in test}
+  majority = majority_answer(train_answers)
+  out = []
+  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    row = json.loads(line)
+    record = by_id.get(row.get("id"))
+    if record is None:
+      raise ResultError(path, number, "id", f"{row.get('id')!r} is not a test record of "
+                        f"{community!r}")
+    out.append(ExampleOutcome(
+        community=community, id=record.id, correct=bool(row["correct"]),
+        answer=None if row.get("parsed_answer") in (None, "") else str(row["parsed_answer"]),
+        majority_correct=answers_lib.answers_match(majority, record.answer, record.answer_type,
+                                                   record.choices),
+        teacher_correct=record.teacher_correct, chance=chance_of(record)))
+  return out
+
+
+def collect_examples(sweep_dir: str | os.PathLike,
+                     rows: Sequence[RunResult]) -> dict[str, list[ExampleOutcome]]:
+  """Outcomes of ``rows``: each run's own file, else the sweep's ``examples.jsonl``.
+
+  Runs without outcomes are left out (older sweeps); callers say so.
+  """
+  sweep_dir = Path(sweep_dir)
+  out, table = {}, None
+  for row in rows:
+    path = sweep_dir / row.run / EXAMPLES_FILENAME
+    if path.exists():
+      out[row.run] = read_examples(path).get(None, [])
+      continue
+    if table is None:
+      path = sweep_dir / EXAMPLES_FILENAME
+      table = read_examples(path) if path.exists() else {}
+    if row.run in table:
+      out[row.run] = table[row.run]
+  return out
+
+
+def write_sweep_examples(path: str | os.PathLike,
+                         examples: Mapping[str, Sequence[ExampleOutcome]]) -> int:
+  """Atomically writes every run's outcomes (with ``run``) into one file; returns lines."""
+  text = "".join(examples_to_jsonl(examples[run], run) for run in sorted(examples))
+  records.atomic_write_text(path, text)
+  return sum(len(v) for v in examples.values())
