@@ -37,7 +37,6 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from cdc_jax import decoding, names, progress  # pylint: disable=g-import-not-at-top
 from cdc_jax.data import records as records_lib
-from cdc_jax.models.encoder_decoder import EOS_ID, EncoderDecoderModel
 from cdc_jax.tasks import formats
 
 INPUT_FORMATS = ("auto", "text", "jsonl", "records")
@@ -178,19 +177,35 @@ def read_inputs(path: str | os.PathLike, *, input_format: str = "auto", fmt: str
 # --- Decoding -------------------------------------------------------------------
 
 
-def encode_inputs(vocabulary: Any, texts: Sequence[str], length: int) -> tuple[list[list[int]], int]:
-  """Token ids as the tasks make them (cut to ``length - 1``, then EOS) and how many were cut."""
+def encode_inputs(vocabulary: Any, texts: Sequence[str], length: int, *,
+                  eos: bool = True) -> tuple[list[list[int]], int]:
+  """Token ids as the tasks make them (cut to ``length - 1``, then EOS; without ``eos``, cut to
+  ``length``) and how many were cut."""
   rows, truncated = [], 0
+  room = length - 1 if eos else length
   for text in texts:
     ids = list(vocabulary.encode(text))
-    if len(ids) > length - 1:
+    if len(ids) > room:
       truncated += 1
-      ids = ids[:length - 1]
-    rows.append(ids + [EOS_ID])
+      ids = ids[:room]
+    rows.append(ids + [vocabulary.eos_id] if eos else ids)
   return rows, truncated
 
 
-def _vocabulary(model: EncoderDecoderModel, spm_model: str | None, extra_ids: int,
+def _prompt_options(vocab: Any, spm_model: str | None) -> tuple[str, bool]:
+  """(prompt template, EOS after the inputs) of the tasks the model was trained on."""
+  from cdc_jax.tasks import catalog
+
+  options = catalog.process_options() if spm_model is None else None
+  if options is None:
+    return "{inputs}", True
+  template = options.prompt_template
+  if template == "chat":
+    template = vocab.chat_prompt_template
+  return template, options.inputs_eos
+
+
+def _vocabulary(model: Any, spm_model: str | None, extra_ids: int,
                 register_tasks: Callable[[], Any] | None) -> Any:
   from cdc_jax.tasks import catalog, vocabulary as vocab_lib
 
@@ -209,7 +224,7 @@ def _vocabulary(model: EncoderDecoderModel, spm_model: str | None, extra_ids: in
   return vocab
 
 
-def infer(*, model: EncoderDecoderModel, checkpoint: str, input_file: str, output_file: str,
+def infer(*, model: Any, checkpoint: str, input_file: str, output_file: str,
           task_feature_lengths: Mapping[str, int], batch_size: int = 32, num_beams: int = 1,
           input_format: str = "auto", fmt: str = "cot_label", part: str | None = None,
           spm_model: str | None = None, extra_ids: int = 0,
@@ -239,7 +254,10 @@ def infer(*, model: EncoderDecoderModel, checkpoint: str, input_file: str, outpu
   used_format, inputs = read_inputs(input_file, input_format=input_format, fmt=fmt, part=part)
   print(f"infer: read {len(inputs)} inputs ({used_format}) from {input_file}", flush=True)
   vocab = _vocabulary(model, spm_model, extra_ids, register_tasks)
-  tokens, truncated = encode_inputs(vocab, [x.text for x in inputs], lengths["inputs"])
+  # As the tasks render them: a decoder-only student's prompt in its chat template, no EOS.
+  template, eos = _prompt_options(vocab, spm_model)
+  tokens, truncated = encode_inputs(vocab, [template.replace("{inputs}", x.text) for x in inputs],
+                                    lengths["inputs"], eos=eos)
   if truncated:
     logging.warning("%d of %d inputs are longer than %d tokens and were cut", truncated,
                     len(inputs), lengths["inputs"])
@@ -250,8 +268,8 @@ def infer(*, model: EncoderDecoderModel, checkpoint: str, input_file: str, outpu
   rows = []
   for start in range(0, len(inputs), batch_size):
     chunk = inputs[start:start + batch_size]
-    decoded = predictor.predict({"encoder_input_tokens": decoding.pad_rows(
-        tokens[start:start + batch_size], lengths["inputs"])})
+    decoded = predictor.predict(model.prompt_features(tokens[start:start + batch_size],
+                                                      lengths["inputs"]))
     for item, row in zip(chunk, decoded):
       out = {"input": item.text, "prediction": vocab.decode(row.tolist())}
       if item.id is not None:

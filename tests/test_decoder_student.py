@@ -169,7 +169,8 @@ def test_tasks_of_every_format_feed_prompt_and_completion(tasks):
   assert prompt.endswith("Is 100 a number?<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_full_fine_tuning_learns_a_trivial_task_and_evaluates(tmp_path, hf_dir, tasks):
+def test_full_fine_tuning_learns_a_trivial_task_and_evaluates(tmp_path, hf_dir, tasks,
+                                                              monkeypatch):
   model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=128)
   task = "cdc.yesdec.L6.label_only"
   metrics = train_lib.train(
@@ -185,6 +186,21 @@ def test_full_fine_tuning_learns_a_trivial_task_and_evaluates(tmp_path, hf_dir, 
   rows = [json.loads(l) for l in (tmp_path / "eval" / f"{task}.predictions.jsonl").open()]
   assert len(rows) == 8 and all(r["prediction"] == "yes" for r in rows)
   assert all(r["input"].endswith("<|im_start|>assistant\n") for r in rows)
+  # infer renders a plain text file's questions as the tasks do (chat template, no EOS).
+  from cdc_jax import infer as infer_lib
+  from cdc_jax.tasks import catalog
+
+  (tmp_path / "questions.txt").write_text("Is 7 a number?\nIs 300 a number?\n")
+  # The process registered these tasks (as a gin run's register_tasks would).
+  monkeypatch.setattr(catalog, "process_options", lambda: registry.TaskOptions(
+      levels=(6,), formats=("label_only",), prompt_template="chat", inputs_eos=False))
+  monkeypatch.setattr(catalog, "process_vocabulary", lambda: tasks[1])
+  report = infer_lib.infer(model=model, checkpoint=str(tmp_path / "run"),
+                           input_file=str(tmp_path / "questions.txt"),
+                           output_file=str(tmp_path / "out.jsonl"), task_feature_lengths=LENGTHS,
+                           batch_size=4)
+  assert report.num_written == 2
+  assert [json.loads(l)["prediction"] for l in (tmp_path / "out.jsonl").open()] == ["yes", "yes"]
 
 
 def test_lora_gradients_are_the_full_gradients_projected(hf_dir):

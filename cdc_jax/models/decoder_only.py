@@ -263,7 +263,17 @@ class DecoderOnlyModel:
                                  axis=-1)[..., 0]
     return jnp.sum(target * self._loss_weights(batch), axis=-1)
 
-  # --- Decoding ---------------------------------------------------------------
+  # --- Decoding -------------------------------------------------------------
+
+  def prompt_features(self, rows: Sequence[Sequence[int]], length: int) -> dict[str, np.ndarray]:
+    """``PREDICT_FEATURES`` of tokenized prompts, as seqio's prefix-LM features: 0, then the prompt."""
+    tokens = np.zeros((len(rows), length + 1), np.int32)
+    causal = np.zeros((len(rows), length + 1), np.int32)
+    for i, row in enumerate(rows):
+      row = list(row)[:length]
+      tokens[i, 1:len(row) + 1] = row
+      causal[i, :len(row) + 1] = 1
+    return {"decoder_input_tokens": tokens, "decoder_causal_attention": causal}
 
   def predict_batch(self, params: Any, batch: Batch, *, max_decode_len: int,
                     num_beams: int = 1) -> Array:

@@ -70,6 +70,14 @@ class EncoderDecoderModel:
   def base_fingerprint(self) -> None:
     return None
 
+  def prompt_features(self, rows: Sequence[Sequence[int]], length: int) -> dict[str, Any]:
+    """``PREDICT_FEATURES`` of tokenized inputs (EOS included): the padded encoder inputs."""
+    import numpy as np
+    out = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+      out[i, :len(row)] = list(row)[:length]
+    return {"encoder_input_tokens": out}
+
   def load_external(self, path: str | os.PathLike) -> Any:
     """Parameters of a Hugging Face T5 checkpoint directory."""
     from cdc_jax.models import hf_t5

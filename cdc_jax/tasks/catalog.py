@@ -48,6 +48,11 @@ def process_vocabulary():
   return _STATE.get("vocabulary")
 
 
+def process_options() -> registry.TaskOptions | None:
+  """The task options of the last registration in this process (None before any)."""
+  return _STATE.get("options")
+
+
 def register_tasks(*, communities: Sequence[str | os.PathLike] = (), embedded: bool = True,
                    synthetic_config: synthetic.SyntheticConfig = synthetic.SyntheticConfig(),
                    spm_model: str | None = None, extra_ids: int = 0, vocab_size: int = 1000,
@@ -86,6 +91,7 @@ def register_tasks(*, communities: Sequence[str | os.PathLike] = (), embedded: b
     vocab = vocab_lib.load_vocabulary(spm_model, extra_ids=extra_ids)
   _STATE.setdefault("vocabulary", vocab)
   _STATE.setdefault("spm_model", spm_model)
+  _STATE["options"] = options
   for path, community in loaded:
     registry.register_community(path, vocabulary=vocab, options=options, community=community)
   return [c.name for _, c in loaded]
