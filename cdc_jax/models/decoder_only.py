@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from cdc_jax.models import llama
+from cdc_jax.models import llama, losses
 from cdc_jax.teacher import generation
 
 Array = jax.Array
@@ -217,41 +217,12 @@ class DecoderOnlyModel:
         rngs=rngs)
     return logits
 
-  @staticmethod
-  def _loss_weights(batch: Batch) -> Array:
-    weights = batch.get("decoder_loss_weights")
-    if weights is None:
-      weights = batch["decoder_target_tokens"] > 0
-    return jnp.asarray(weights, jnp.float32)
-
   def loss_fn(self, params: Any, batch: Batch,
               dropout_rng: Array | None) -> tuple[Array, dict[str, Array]]:
-    """Mean cross-entropy over completion tokens (+ z-loss) and summed metrics.
-
-    Metrics as ``EncoderDecoderModel.loss_fn``: 'loss', 'cross_ent_loss',
-    'z_loss', 'accuracy', 'num_tokens', 'num_correct', 'cross_ent_sum',
-    'num_examples'.
-    """
-    logits = self.compute_logits(params, batch, dropout_rng).astype(jnp.float32)
-    targets = batch["decoder_target_tokens"]
-    weights = self._loss_weights(batch)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    cross_ent_sum = jnp.sum((log_z - target_logits) * weights)
-    z_loss_sum = jnp.sum(self.z_loss * jnp.square(log_z) * weights)
-    num_tokens = jnp.sum(weights)
-    normalizer = jnp.maximum(num_tokens, 1.0)
-    num_correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
-    if "decoder_segment_ids" in batch:
-      num_examples = jnp.sum(jnp.max(batch["decoder_segment_ids"], axis=-1))
-    else:
-      num_examples = jnp.sum(jnp.any(weights > 0, axis=-1))
-    loss = (cross_ent_sum + z_loss_sum) / normalizer
-    return loss, {
-        "loss": loss, "cross_ent_loss": cross_ent_sum / normalizer,
-        "z_loss": z_loss_sum / normalizer, "accuracy": num_correct / normalizer,
-        "num_tokens": num_tokens, "num_correct": num_correct, "cross_ent_sum": cross_ent_sum,
-        "num_examples": num_examples.astype(jnp.float32)}
+    """Mean cross-entropy over completion tokens (+ z-loss) and summed metrics, as T5's
+    (``losses.token_loss``)."""
+    return losses.token_loss(self.compute_logits(params, batch, dropout_rng), batch,
+                             z_loss=self.z_loss)
 
   def score_batch(self, params: Any, batch: Batch) -> Array:
     """Log-likelihood of each row's weighted (completion) tokens, shape (batch,)."""
@@ -261,7 +232,7 @@ class DecoderOnlyModel:
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     target = jnp.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None],
                                  axis=-1)[..., 0]
-    return jnp.sum(target * self._loss_weights(batch), axis=-1)
+    return jnp.sum(target * losses.loss_weights(batch), axis=-1)
 
   # --- Decoding -------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import seqio
 
-from cdc_jax.models import t5
+from cdc_jax.models import losses, t5
 from cdc_jax.models.t5_config import T5Config
 
 Array = jax.Array
@@ -120,57 +120,12 @@ class EncoderDecoderModel:
         batch["decoder_target_tokens"], batch.get("encoder_segment_ids"),
         batch.get("decoder_segment_ids"), enable_dropout=dropout_rng is not None, rngs=rngs)
 
-  @staticmethod
-  def _loss_weights(batch: Batch) -> Array:
-    weights = batch.get("decoder_loss_weights")
-    if weights is None:
-      weights = batch["decoder_target_tokens"] > 0
-    return jnp.asarray(weights, jnp.float32)
-
   def loss_fn(self, params: Any, batch: Batch,
               dropout_rng: Array | None) -> tuple[Array, dict[str, Array]]:
-    """Weighted token cross-entropy (+ z-loss) and metrics.
-
-    loss = sum_t w_t * (-log p(y_t) + z_loss * log(Z_t)**2) / N, where N is
-    ``loss_normalizing_factor`` or, if None, sum_t w_t.
-
-    Returns:
-      (loss, metrics) with metrics 'loss', 'cross_ent_loss', 'z_loss' (the
-      two parts of loss), 'accuracy' (weighted token accuracy of the argmax),
-      and sums for exact aggregation over batches: 'num_tokens' (sum of
-      weights), 'num_correct', 'cross_ent_sum', 'num_examples' (segments in
-      a packed batch, rows with a weighted token otherwise).
-    """
-    logits = self.compute_logits(params, batch, dropout_rng).astype(jnp.float32)
-    targets = batch["decoder_target_tokens"]
-    weights = self._loss_weights(batch)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    cross_ent_sum = jnp.sum((log_z - target_logits) * weights)
-    z_loss_sum = jnp.sum(self.z_loss * jnp.square(log_z) * weights)
-    num_tokens = jnp.sum(weights)
-    if self.loss_normalizing_factor is None:
-      normalizer = jnp.maximum(num_tokens, 1.0)
-    else:
-      normalizer = jnp.asarray(self.loss_normalizing_factor, jnp.float32)
-    num_correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
-    if "decoder_segment_ids" in batch:
-      # seqio numbers the segments of a packed row 1, 2, ...
-      num_examples = jnp.sum(jnp.max(batch["decoder_segment_ids"], axis=-1))
-    else:
-      num_examples = jnp.sum(jnp.any(weights > 0, axis=-1))
-    loss = (cross_ent_sum + z_loss_sum) / normalizer
-    metrics = {
-        "loss": loss,
-        "cross_ent_loss": cross_ent_sum / normalizer,
-        "z_loss": z_loss_sum / normalizer,
-        "accuracy": num_correct / jnp.maximum(num_tokens, 1.0),
-        "num_tokens": num_tokens,
-        "num_correct": num_correct,
-        "cross_ent_sum": cross_ent_sum,
-        "num_examples": num_examples.astype(jnp.float32),
-    }
-    return loss, metrics
+    """Weighted token cross-entropy (+ z-loss) and metrics: see ``losses.token_loss``."""
+    return losses.token_loss(self.compute_logits(params, batch, dropout_rng), batch,
+                             z_loss=self.z_loss,
+                             loss_normalizing_factor=self.loss_normalizing_factor)
 
 
   @staticmethod
@@ -192,7 +147,7 @@ class EncoderDecoderModel:
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     target_log_probs = jnp.take_along_axis(
         log_probs, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
-    return jnp.sum(target_log_probs * self._loss_weights(batch), axis=-1)
+    return jnp.sum(target_log_probs * losses.loss_weights(batch), axis=-1)
 
 
   def _start_cache(self, params: Any, encoder_input_tokens: Array, max_decode_len: int) -> Any:
