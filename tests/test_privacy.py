@@ -166,16 +166,9 @@ def test_privacy_sweep_materialises_communities_and_records_eps(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
+def smollm2(tmp_path_factory, smollm2_gguf):
   """SmolLM2's word embeddings (1024 candidates, cached in a temp dir), loaded once."""
-  from cdc_jax.teacher import llama_weights
-
-  try:
-    path = llama_weights.smollm2_gguf_path()
-  except FileNotFoundError as e:
-    if os.environ.get("CI"):
-      pytest.fail(f"CI is set but the SmolLM2 teacher is missing: {e}")
-    pytest.skip(str(e))
+  path = smollm2_gguf
   cache = tmp_path_factory.mktemp("privacy_cache")
   return E.teacher_word_embeddings(path, num_candidates=1024, cache_dir=cache), path, cache
 

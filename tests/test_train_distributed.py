@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests import ports, train_helpers
+from tests import train_helpers
 
 SHARDED_SCRIPT = textwrap.dedent("""
     import json, os
@@ -74,24 +74,14 @@ def test_data_x_model_parallel_training_matches_one_device():
 
 
 def test_two_processes_train_one_model_and_agree_on_the_loss(tmp_path):
-  port = ports.free_port()
   args = train_helpers.tiny_train_args(tmp_path / "run", "cdc.arithmetic.L6.cot_label", steps=3,
                                        extra=("--gin.MESH_SHAPE=(2, 2)", "--gin.LOG_EVERY=1",
                                               "--gin.CHECKPOINT_EVERY=3"))
-  procs = []
-  for pid in range(2):
-    env = dict(os.environ, PYTHONPATH=str(train_helpers.REPO),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               CDC_CACHE_DIR=str(tmp_path / f"cache{pid}"))
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "cdc_jax.train", *args,
-         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"],
-        cwd=train_helpers.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-4000:]
+  errors = train_helpers.run_two_processes(
+      "cdc_jax.train", args, env={pid: {"CDC_CACHE_DIR": str(tmp_path / f"cache{pid}")}
+                                  for pid in range(2)})
   losses = []
-  for _, err in outputs:
+  for err in errors:
     lines = [l for l in err.splitlines() if l.startswith("train cdc.arithmetic")]
     assert len(lines) == 3
     losses.append([l.split("| loss ")[1].split(" ")[0] for l in lines])

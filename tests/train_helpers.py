@@ -45,3 +45,28 @@ def run_module(module: str, args: list[str], *, env: dict | None = None,
   if check and proc.returncode != 0:
     raise AssertionError(f"{module} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
   return proc
+
+
+def run_two_processes(module: str, args: list[str], *, devices_each: int = 2,
+                      env: dict | None = None, timeout: int = 600) -> list[str]:
+  """Runs ``module`` as two local processes of one jax.distributed system; their stderr.
+
+  Each process gets ``devices_each`` fake CPU devices; both must exit 0.
+  """
+  from tests import ports
+
+  port = ports.free_port()
+  procs = []
+  for pid in range(2):
+    full_env = dict(os.environ, PYTHONPATH=str(REPO),
+                    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}",
+                    **(env or {}).get(pid, {}))
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", module, *args, f"--coordinator_address=127.0.0.1:{port}",
+         "--num_processes=2", f"--process_id={pid}"],
+        cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = [p.communicate(timeout=timeout) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    if p.returncode != 0:
+      raise AssertionError(f"{module} exited {p.returncode}:\n{err[-4000:]}")
+  return [err for _, err in outputs]

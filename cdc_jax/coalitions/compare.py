@@ -17,14 +17,13 @@ Writes the same as JSON with ``--out``.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from cdc_jax.coalitions import bootstrap
+from cdc_jax.coalitions import bootstrap, examples
 from cdc_jax.data import records as records_lib
 
 
@@ -49,11 +48,8 @@ def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
 
 def chance_level(test_gold: Sequence[str], train: Sequence[records_lib.TraceRecord]) -> dict:
   """The better of a uniform guess and the train split's majority answer, scored on test."""
-  choices = {r.answer_type for r in train}
-  uniform = 0.5 if choices == {"boolean"} else (
-      float(np.mean([1 / len(r.choices) for r in train if r.choices])) if all(
-          r.choices for r in train) else 0.0)
-  majority, _ = collections.Counter(r.answer for r in train).most_common(1)[0]
+  uniform = float(np.mean([examples.chance_of(r) for r in train]))
+  majority = examples.majority_answer([r.answer for r in train])
   majority_acc = float(np.mean([g == majority for g in test_gold]))
   return {"uniform": uniform, "majority_answer": majority, "majority": majority_acc,
           "chance": max(uniform, majority_acc)}

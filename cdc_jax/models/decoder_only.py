@@ -83,11 +83,12 @@ def fold_adapters(params: Any, lora: llama.LoraConfig) -> dict:
   """Params with every adapter folded into its weight (``W + scale * B A``), adapters removed."""
   adapters, base = split_params(params)
   flat = flax.traverse_util.flatten_dict(base)
-  for path, a in flax.traverse_util.flatten_dict(adapters).items():
+  flat_adapters = flax.traverse_util.flatten_dict(adapters)
+  for path, a in flat_adapters.items():
     if path[-1] != "lora_a":
       continue
     owner = path[:-1]
-    b = np.asarray(_leaf(adapters, owner + ("lora_b",)), np.float32)
+    b = np.asarray(flat_adapters[owner + ("lora_b",)], np.float32)
     a = np.asarray(a, np.float32)
     weight = flat[owner + ("weight",)]
     rank = a.shape[0]
@@ -97,21 +98,26 @@ def fold_adapters(params: Any, lora: llama.LoraConfig) -> dict:
   return flax.traverse_util.unflatten_dict(flat)
 
 
-def _leaf(tree: Any, path: tuple[str, ...]) -> Any:
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
 def file_fingerprint(path: str | os.PathLike) -> str:
-  """sha256 over a weights file, or over a directory's ``*.safetensors`` and ``config.json``."""
+  """sha256 over a weights file, or over a directory's ``*.safetensors`` and ``config.json``.
+
+  Hashed once per process and file version (path, size, mtime): a sweep
+  checks it at every train, evaluate and merge.
+  """
   path = Path(path)
   files = [path] if path.is_file() else sorted(
       p for p in path.iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
   if not files:
     raise FileNotFoundError(f"no weights at {path}")
+  return _hash_files(tuple((str(f.absolute()), f.stat().st_size, f.stat().st_mtime_ns)
+                           for f in files))
+
+
+@functools.lru_cache(maxsize=None)
+def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
   digest = hashlib.sha256()
-  for file in files:
+  for name, _, _ in files:
+    file = Path(name)
     digest.update(file.name.encode())
     with open(file, "rb") as f:
       for block in iter(functools.partial(f.read, 1 << 24), b""):
@@ -173,18 +179,18 @@ class DecoderOnlyModel:
     params = nn.meta.unbox(self._variables(rng))
     return split_params(params)[0] if self.lora is not None else params
 
+  def _logical_axes(self) -> Any:
+    return nn.get_partition_spec(jax.eval_shape(self._variables, jax.random.key(0)))
+
   def param_logical_axes(self, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
     """PartitionSpec tree of the trained parameters' logical axis names."""
     del input_shapes
-    specs = nn.get_partition_spec(jax.eval_shape(self._variables, jax.random.key(0)))
+    specs = self._logical_axes()
     return split_params(specs)[0] if self.lora is not None else specs
 
   def frozen_logical_axes(self) -> Any:
     """PartitionSpec tree of the frozen parameters (None without LoRA)."""
-    if self.lora is None:
-      return None
-    specs = nn.get_partition_spec(jax.eval_shape(self._variables, jax.random.key(0)))
-    return split_params(specs)[1]
+    return None if self.lora is None else split_params(self._logical_axes())[1]
 
   def merge_params(self, trainable: Any, frozen: Any) -> Any:
     """The module's full parameters from the trained ones and the frozen base."""
