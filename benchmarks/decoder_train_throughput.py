@@ -63,8 +63,9 @@ def _jax_worker(args: argparse.Namespace) -> dict[str, Any]:
   import jax
   import numpy as np
 
-  from cdc_jax import optimizers, partitioning
-  from cdc_jax import trainer as trainer_lib
+  from cdc_jax.models import partitioning
+  from cdc_jax.student import optimizers
+  from cdc_jax.student import trainer as trainer_lib
   from cdc_jax.models import decoder_only, llama
 
   baseline = common._rss_mib()  # pylint: disable=protected-access

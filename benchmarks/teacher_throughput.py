@@ -73,7 +73,8 @@ def main() -> None:
   import torch
   import transformers
 
-  from cdc_jax.teacher import chat, generation, llama_weights
+  from cdc_jax.models import llama_chat, llama_weights
+  from cdc_jax.teacher import generation
 
   print(f"load average at start: {os.getloadavg()} (the CPU may be shared: figures are indicative)")
   path = llama_weights.smollm2_gguf_path()
@@ -105,7 +106,7 @@ def main() -> None:
                if gen.config.kernels == "amx" else None)
     print(f"{dtype}: kernels {gen.kernels_note}", flush=True)
     for batch in batches:
-      texts = [chat.user_prompt(p, fmt=gen.chat_format) for p in _prompts(batch)]
+      texts = [llama_chat.user_prompt(p, fmt=gen.chat_format) for p in _prompts(batch)]
       ids = gen.tokenizer.encode_batch(texts)
 
       start = time.perf_counter()

@@ -8,7 +8,7 @@ For each T5 1.1 config (gated-GELU, untied output layer, no dropout, fp32,
 vocabulary 32128 unless ``--vocab-size``) and a batch of 16 rows of 128
 encoder and 64 decoder tokens (no padding), measures one optimizer step:
 
-* ours: ``cdc_jax.trainer.Trainer.train_step`` with ``optimizers.adafactor``
+* ours: ``cdc_jax.student.trainer.Trainer.train_step`` with ``optimizers.adafactor``
   on a single-device mesh;
 * reference: ``transformers.T5ForConditionalGeneration`` built from the
   equivalent ``transformers.T5Config``: forward with labels, backward and
@@ -140,8 +140,9 @@ def _timed_steps(step, *, warmup: int, steps: int) -> dict[str, float]:
 def _jax_worker(args: argparse.Namespace) -> dict[str, Any]:
   import jax
 
-  from cdc_jax import optimizers, partitioning
-  from cdc_jax import trainer as trainer_lib
+  from cdc_jax.models import partitioning
+  from cdc_jax.student import optimizers
+  from cdc_jax.student import trainer as trainer_lib
   from cdc_jax.models.encoder_decoder import build_model
 
   baseline = _rss_mib()

@@ -2,7 +2,7 @@
 
 Importing the package is cheap: nothing here imports JAX, TensorFlow or
 SeqIO. Entry points are modules (``python -m cdc_jax.train``, ``.evaluate``,
-``.sweep``, ``.data.import_traces``, ``.data.stats``, ``.teacher.launch``);
+``.sweep``, ``.data.import_traces``, ``.tasks.stats``, ``.teacher.launch``);
 the gin configs ship inside the package (:data:`GIN_DIR`) and are on the
 search path of every entry point (``--gin_file=experiments/embedded_tiny.gin``).
 """

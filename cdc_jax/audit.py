@@ -3,8 +3,9 @@ r"""Audit a checkpoint against current consents.
     python -m cdc_jax.audit CHECKPOINT [--consent FILE] [--all]
 
 CHECKPOINT is a model dir, its ``checkpoints`` dir, a step dir or a
-``training_manifest.json``. Reads the run's training manifest (written by
-:func:`cdc_jax.train.train`) and the consent registry, and exits
+``training_manifest.json``. Reads the run's training manifest (written when
+it trained) and the consent registry (:func:`cdc_jax.contribution.audit.audit`),
+and exits
 
 - 0: no withdrawn record was used (``AUDIT OK``);
 - 1: withdrawn records were used: ``AUDIT FAILED`` names each community and
@@ -18,39 +19,12 @@ registered, their records not trained on) are reported as a warning.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from cdc_jax import consent
-
-
-@dataclasses.dataclass(frozen=True)
-class AuditResult:
-  """What an audit found."""
-  manifest_path: Path
-  communities: tuple[str, ...]
-  records: int
-  violations: tuple[consent.Violation, ...]
-  vocabulary_withdrawn: tuple[str, ...]
-
-  @property
-  def ok(self) -> bool:
-    """No withdrawn record was used."""
-    return not self.violations
-
-
-def audit(checkpoint: str | Path, *, consent_path: str | Path | None = None) -> AuditResult:
-  """Checks the training manifest of ``checkpoint`` against the consent registry."""
-  manifest_path = consent.find_training_manifest(checkpoint)
-  manifest = consent.read_training_manifest(manifest_path)
-  consents = consent.read_consents(consent_path)
-  communities = manifest["communities"]
-  return AuditResult(manifest_path, tuple(sorted(communities)),
-                     sum(len(c.get("records", {})) for c in communities.values()),
-                     tuple(consent.check_manifest(manifest, consents)),
-                     tuple(consent.vocabulary_withdrawals(manifest, consents)))
+from cdc_jax.contribution import audit as audit_lib
+from cdc_jax.contribution import consent
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--all", action="store_true", help="list every withdrawn record id")
   args = parser.parse_args(argv)
   try:
-    result = audit(args.checkpoint, consent_path=args.consent)
+    result = audit_lib.audit(args.checkpoint, consent_path=args.consent)
   except (FileNotFoundError, ValueError) as e:
     print(f"AUDIT IMPOSSIBLE: {args.checkpoint}: {e}", file=sys.stderr)
     return 2

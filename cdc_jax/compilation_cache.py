@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cdc_jax import io as io_lib
+
 
 def default_directory() -> Path:
   """``$CDC_XLA_CACHE`` or ``<cdc cache dir>/xla``."""
-  from cdc_jax.tasks import vocabulary
-
-  return Path(os.environ.get("CDC_XLA_CACHE", vocabulary.default_cache_dir() / "xla"))
+  return Path(os.environ.get("CDC_XLA_CACHE", io_lib.default_cache_dir() / "xla"))
 
 
 def enable(directory: str | os.PathLike | None = None, *,

@@ -15,7 +15,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gin
 
@@ -95,6 +95,32 @@ def configured(module: str, name: str):
 def require_macros(module: str, name: str) -> None:
   """Raises naming each macro that ``module.name``'s bindings need and nothing sets."""
   gin_checks.check_required_macros(f"{module}.{name}")
+
+
+def parse_sweep_flags(
+    argv: Sequence[str] | None, *, description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], object] | None = None,
+) -> tuple[argparse.Namespace, dict[str, object]]:
+  """Parses a sweep CLI (gin flags, ``--workers``, ``--dry_run``) and its gin config.
+
+  Returns the arguments and the keyword overrides (``dry_run``, ``workers`` if
+  given) of the configured sweep function. ``add_arguments(parser)`` adds more.
+  """
+  import sys
+
+  bindings, rest = split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
+  parser = argparse.ArgumentParser(description=description)
+  add_gin_flags(parser)
+  parser.add_argument("--workers", type=int, default=None, help="local worker processes")
+  parser.add_argument("--dry_run", action="store_true", help="print one command per run")
+  if add_arguments is not None:
+    add_arguments(parser)
+  args = parser.parse_args(rest)
+  parse_gin(args.gin_file, bindings, args.gin_search_path)
+  overrides: dict[str, object] = {"dry_run": args.dry_run}
+  if args.workers is not None:
+    overrides["workers"] = args.workers
+  return args, overrides
 
 
 def run_configured(module: str, name: str, argv: Sequence[str] | None, *, description: str):

@@ -68,19 +68,19 @@ def print_task_samples(community: str, level: int) -> None:
 def run_experiment(out: str, *, workers: int, bindings: Sequence[str]) -> None:
   """The demo sweep, the report and the printed summary."""
   import time
-  from cdc_jax import config_cli, report
-  from cdc_jax.coalitions import analysis, examples, results
+  from cdc_jax import config_cli
+  from cdc_jax.coalitions import analysis, examples, report, results, tables
 
   start = time.time()
   config_cli.parse_gin(["gin/sweeps/embedded_demo.gin"],
                        [f"SWEEP_DIR = {out!r}", f"WORKERS = {workers}", *bindings])
-  rows = config_cli.configured("cdc_jax.sweep", "run_sweep")()
+  rows = config_cli.configured("cdc_jax.coalitions.sweep", "run_sweep")()
   outcomes = examples.collect_examples(out, rows)
   analyses = analysis.analyse(rows, outcomes)
   path = report.build_report(rows, out, source=str(Path(out) / results.TABLE_FILENAME),
                              analyses=analyses)
   print(f"\n== results ({len(rows)} runs, {time.time() - start:.0f} s)")
-  print(report.summary_table(rows, analyses))
+  print(tables.summary_table(rows, analyses))
   print(f"\nreport: {path}")
 
 

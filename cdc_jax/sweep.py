@@ -1,212 +1,23 @@
-"""Sweeps: a grid of coalition experiments, run locally by N workers or on a cluster.
+"""Run a coalition sweep: ``python -m cdc_jax.sweep``.
 
     python -m cdc_jax.sweep --gin_file=gin/sweeps/embedded_demo.gin \
         --gin.SWEEP_DIR="'/tmp/sweep'" [--workers=2] [--dry_run]
 
-Each run gets a directory named by its id; one with ``result.json`` is done
-and skipped when the sweep is re-run, an interrupted one resumes from its
-last checkpoint. ``--dry_run`` prepares the run directories and prints one command per run
-(also in ``commands.txt``: what the ``launch/`` scripts submit as one job each). A failed run is reported with the
-tail of its log and does not stop the others. At the end the sweep writes
-``results.jsonl`` and ``results.csv`` over all finished runs.
+Calls the gin-configured :func:`cdc_jax.coalitions.sweep.run_sweep` (the grid,
+resuming, dry runs and failures are described there).
 """
 
 from __future__ import annotations
 
-import argparse
-import concurrent.futures
-import dataclasses
-import itertools
-import os
-import shlex
-import subprocess
-import sys
-import time
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
-from cdc_jax import names, progress
-from cdc_jax.coalitions import examples as examples_lib
-from cdc_jax.coalitions import experiment, results
-from cdc_jax.data import records as records_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepSpec:
-  """A grid of coalition experiments.
-
-  Attributes:
-    communities: the communities of the sweep.
-    coalition_sizes: which coalition sizes to run (all coalitions of those
-      sizes); empty means every non-empty coalition (2^K - 1, as Shapley
-      values need).
-    coalitions: explicit coalitions instead of sizes.
-    levels, formats, seeds: grid axes.
-    pair_proportions: for two-member coalitions, extra runs with the first
-      member (alphabetically) at each of these shares (0 < p < 1).
-    evaluate_non_members: evaluate every run on all communities.
-    eps_values: privacy budgets the traces were perturbed with, recorded in
-      each result (None: no perturbation).
-    community_levels: community -> the rationale levels its data has (None:
-      all levels). A coalition runs only at levels all its members have;
-      :meth:`left_out` lists the (level, coalition) pairs this skips.
-    selection: contribution policy the traces were selected with (e.g.
-      'key_tokens:k=4'), recorded in each result.
-    zero_shot: also run, per level, format and seed, the student before any
-      fine-tuning (0 steps) on every community: the zero-shot baseline of a
-      pretrained student (for a random-init student it only measures noise).
-  """
-  communities: tuple[str, ...]
-  coalition_sizes: tuple[int, ...] = ()
-  coalitions: tuple[tuple[str, ...], ...] = ()
-  levels: tuple[int, ...] = (6,)
-  formats: tuple[str, ...] = ("cot_label",)
-  seeds: tuple[int, ...] = (0,)
-  pair_proportions: tuple[float, ...] = ()
-  evaluate_non_members: bool = False
-  eps_values: tuple[float | None, ...] = (None,)
-  community_levels: Mapping[str, Sequence[int]] | None = None
-  selection: str | None = None
-  zero_shot: bool = False
-
-  def __post_init__(self):
-    for c in self.communities:
-      names.validate_name(c)
-    if self.community_levels is not None:
-      missing = set(self.communities) - set(self.community_levels)
-      if missing:
-        raise ValueError(f"community_levels has no levels for {sorted(missing)}")
-      for levels in self.community_levels.values():
-        for level in levels:
-          names.validate_level(level)
-    for p in self.pair_proportions:
-      if not 0 < p < 1:
-        raise ValueError(f"pair proportions must be in (0, 1), got {p}")
-
-  def coalition_list(self) -> list[tuple[str, ...]]:
-    if self.coalitions:
-      unknown = {m for c in self.coalitions for m in c} - set(self.communities)
-      if unknown:
-        raise ValueError(f"coalitions name communities outside the sweep: {sorted(unknown)}")
-      return [tuple(sorted(c)) for c in self.coalitions]
-    sizes = self.coalition_sizes or range(1, len(self.communities) + 1)
-    return [c for k in sizes for c in itertools.combinations(sorted(self.communities), k)]
-
-  def _has_level(self, members: Sequence[str], level: int) -> bool:
-    return self.community_levels is None or all(
-        level in self.community_levels[m] for m in members)
-
-  def left_out(self) -> list[tuple[int, tuple[str, ...]]]:
-    """(level, coalition) pairs of the grid skipped because a member lacks the level."""
-    return [(level, members) for level in self.levels for members in self.coalition_list()
-            if not self._has_level(members, level)]
-
-  def runs(self) -> list[experiment.CoalitionSpec]:
-    """Every run of the grid, in a stable order."""
-    out = []
-    for level, fmt, seed, eps, members in itertools.product(
-        self.levels, self.formats, self.seeds, self.eps_values, self.coalition_list()):
-      if not self._has_level(members, level):
-        continue
-      evaluate_on = tuple(sorted(self.communities)) if self.evaluate_non_members else None
-      proportions: list[Mapping[str, float] | None] = [None]
-      if len(members) == 2:
-        proportions += [{members[0]: p, members[1]: 1 - p} for p in self.pair_proportions]
-      for props in proportions:
-        out.append(experiment.CoalitionSpec(members=members, level=level, fmt=fmt, seed=seed,
-                                            proportions=props, evaluate_on=evaluate_on, eps=eps,
-                                            selection=self.selection))
-    if self.zero_shot:  # One untrained student per level, format and seed, scored on everyone.
-      for level, fmt, seed in itertools.product(self.levels, self.formats, self.seeds):
-        everyone = tuple(sorted(c for c in self.communities if self._has_level((c,), level)))
-        if everyone:
-          out.append(experiment.CoalitionSpec(members=everyone, level=level, fmt=fmt, seed=seed,
-                                              selection=self.selection, baseline="zero_shot"))
-    return out
-
-
-def run_command(run_dir: Path) -> list[str]:
-  return [sys.executable, "-m", "cdc_jax.coalitions.experiment", f"--run_dir={run_dir}"]
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-  try:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-  except FileNotFoundError:
-    return "(no log)"
-
-
-def _run_one(run_dir: Path) -> tuple[Path, int]:
-  with (run_dir / "log.txt").open("a") as log:
-    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(run_command(run_dir))}\n")
-    log.flush()
-    proc = subprocess.run(run_command(run_dir), stdout=log, stderr=subprocess.STDOUT,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
-  return run_dir, proc.returncode
-
-
-def run_sweep(*, spec: SweepSpec, sweep_dir: str, gin_files: Sequence[str],
-              gin_bindings: Sequence[str] = (), workers: int = 1,
-              dry_run: bool = False) -> list[results.RunResult]:
-  """Runs (or prints) every unfinished run of ``spec``; returns all finished results."""
-  sweep_dir = Path(sweep_dir)
-  runs = spec.runs()
-  todo = []
-  for run in runs:
-    run_dir = sweep_dir / run.run_id
-    if (run_dir / results.RESULT_FILENAME).exists():
-      continue
-    experiment.write_run_config(run_dir, run, gin_files=gin_files, gin_bindings=gin_bindings)
-    todo.append(run_dir)
-  commands = "".join(shlex.join(run_command(d)) + "\n" for d in todo)
-  records_lib.atomic_write_text(sweep_dir / "commands.txt", commands)
-  print(f"sweep {sweep_dir}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run "
-        f"(commands in {sweep_dir / 'commands.txt'})", flush=True)
-  if spec.left_out():
-    print(f"sweep {sweep_dir}: {len(spec.left_out())} (level, coalition) pairs left out: a member "
-          "has no rationales at that level", flush=True)
-  if dry_run:
-    print(commands, end="")
-    return []
-  failed = []
-  bar = progress.Progress(len(todo), label="sweep", unit="runs", interval=0.0)
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-    for run_dir, code in (f.result() for f in concurrent.futures.as_completed(
-        [pool.submit(_run_one, d) for d in todo])):
-      status = "done" if code == 0 else f"FAILED (exit {code})"
-      bar.update(1, extra=f"{run_dir.name} {status}")
-      if code != 0:
-        failed.append(run_dir)
-        print(f"--- {run_dir.name} failed; last lines of {run_dir / 'log.txt'}:\n"
-              f"{_tail(run_dir / 'log.txt')}", file=sys.stderr, flush=True)
-  rows = results.collect_results(sweep_dir)
-  results.write_results(sweep_dir / results.TABLE_FILENAME, rows)
-  results.write_results_csv(sweep_dir / "results.csv", rows)
-  # Per-example outcomes of every run in one file, read by the paired bootstrap.
-  outcomes = examples_lib.collect_examples(sweep_dir, rows)
-  lines = examples_lib.write_sweep_examples(sweep_dir / results.EXAMPLES_FILENAME, outcomes)
-  print(f"sweep {sweep_dir}: {len(rows)} finished runs in {results.TABLE_FILENAME} and "
-        f"results.csv, {lines} per-example outcomes of {len(outcomes)} runs in "
-        f"{results.EXAMPLES_FILENAME}; {len(failed)} failed", flush=True)
-  if failed:
-    raise RuntimeError(f"{len(failed)} run(s) failed: {[d.name for d in failed]}")
-  return rows
+from cdc_jax import config_cli
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  from cdc_jax import config_cli
-
-  bindings, rest = config_cli.split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  config_cli.add_gin_flags(parser)
-  parser.add_argument("--workers", type=int, default=None, help="local worker processes")
-  parser.add_argument("--dry_run", action="store_true", help="print one command per run")
-  args = parser.parse_args(rest)
-  config_cli.parse_gin(args.gin_file, bindings, args.gin_search_path)
-  overrides = {"dry_run": args.dry_run}
-  if args.workers is not None:
-    overrides["workers"] = args.workers
-  config_cli.configured("cdc_jax.sweep", "run_sweep")(**overrides)
+  """Command-line entry point."""
+  _, overrides = config_cli.parse_sweep_flags(argv, description=__doc__.split("\n")[0])
+  config_cli.configured("cdc_jax.coalitions.sweep", "run_sweep")(**overrides)
 
 
 if __name__ == "__main__":

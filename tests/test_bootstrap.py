@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from cdc_jax import report
-from cdc_jax.coalitions import analysis, bootstrap, examples, results
+from cdc_jax import report as report_cli
+from cdc_jax.coalitions import analysis, bootstrap, examples, results, tables
 from cdc_jax.coalitions.examples import ExampleOutcome
 from cdc_jax.coalitions.results import RunResult
 from cdc_jax.data import records
@@ -195,7 +195,7 @@ def test_analysis_pairs_runs_and_marks_what_is_significant():
   assert result.shapley is not None and result.core is not None
   labels = [label for label, _ in result.significant_effects()]
   assert "gain of a in {a,b}" in labels and "gain of b in {a,b}" not in labels
-  text = report.interval_table(result)
+  text = tables.interval_table(result)
   assert "standalone a:" in text and "coalition effects whose 95% interval excludes 0" in text
   assert "teacher" in text and "chance level" in text and f"a: {N}, b: {N}" in text
 
@@ -215,7 +215,7 @@ def test_report_with_examples_prints_intervals(tmp_path, capsys):
   for row in rows:
     results.write_result(sweep / row.run, row)
     examples.write_examples(sweep / row.run / results.EXAMPLES_FILENAME, outcomes[row.run])
-  assert report.main([str(sweep), "--resamples", "200"]) == 0
+  assert report_cli.main([str(sweep), "--resamples", "200"]) == 0
   text = (sweep / "report.md").read_text()
   assert "200 paired bootstrap resamples" in text
   assert "with 95% intervals and baselines" in text

@@ -56,10 +56,10 @@ def _write_lines(path, objs):
     ({"accuracy": {"a": 0.5, "c": 0.1}}, "accuracy", r"members \['b'\] were not evaluated"),
     ({"accuracy": {"a": 1.5, "b": 0.1, "c": 0.1}}, "accuracy", r"a: expected a number in \[0, 1\]"),
     ({"num_examples": {"a": 8, "b": 4}}, "num_examples", "differ from accuracy's"),
-    ({"num_examples": {"a": 8, "b": 0, "c": 2}}, "num_examples", "positive integers"),
+    ({"num_examples": {"a": 8, "b": 0, "c": 2}}, "num_examples", "b: expected a positive integer"),
     ({"train_examples": {"a": 1}}, "train_examples", "are not the members"),
     ({"steps": -1}, "steps", "non-negative integer"),
-    ({"wall_s": float("nan")}, "wall_s", "non-negative number"),
+    ({"wall_s": float("nan")}, "wall_s", "non-negative finite number"),
     ({"colour": "red"}, "colour", "unknown field"),
     ({"run": None}, "run", "non-empty string"),
 ])

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from cdc_jax import audit, consent, withdraw
+from cdc_jax import audit as audit_cli
+from cdc_jax import withdraw as withdraw_cli
+from cdc_jax.contribution import consent, sweep_usage, training_manifest, withdraw
 from cdc_jax.coalitions import experiment, results
 from cdc_jax.data import records as R
 from cdc_jax.tasks import catalog, registry
@@ -68,30 +70,32 @@ def test_consent_registry_round_trip(tmp_path):
 
 def test_training_manifest_lists_records_levels_formats_eps_selection(communities, tmp_path):
   mixture = registry.register_coalition("alpha_beta", ["alpha", "beta"], level=6, fmt="cot_label")
-  manifest = consent.training_manifest(mixture)
+  manifest = training_manifest.training_manifest(mixture)
   assert manifest["tasks"] == ["cdc.alpha.L6.cot_label", "cdc.beta.L6.cot_label"]
   alpha = manifest["communities"]["alpha"]
   data = R.load_community(communities["alpha"])
   # Record 5 has no level-6 rationale: cot_label training skips it.
   assert alpha["num_records"] == 5 and alpha["records"] == {
-      r.id: consent.record_hash(r) for r in data.records["train"] if 6 in r.rationales}
+      r.id: training_manifest.record_hash(r) for r in data.records["train"] if 6 in r.rationales}
   assert (alpha["levels"], alpha["formats"], alpha["eps"]) == ([6], ["cot_label"], [])
   beta = manifest["communities"]["beta"]
   assert beta["eps"] == [8.0] and beta["privacy"] == [{"eps": 8.0, "mechanism": "exponential"}]
   assert beta["selection"] == [{"policy": "random", "budget": 6, "of": 9}]
   assert manifest["eps"] == [8.0]
   assert {"alpha", "beta", "gamma"} <= set(manifest["vocabulary"]["communities"])
-  assert consent.training_manifest("cdc.gamma.L6.label_only")["communities"]["gamma"][
+  assert training_manifest.training_manifest("cdc.gamma.L6.label_only")["communities"]["gamma"][
       "num_records"] == 6  # label_only needs no rationale
   # Written once; an unchanged rewrite keeps the file, a changed one keeps the old as previous.
-  path = consent.write_training_manifest(tmp_path, mixture, registry_path=tmp_path / "none.json")
+  path = training_manifest.write_training_manifest(tmp_path, mixture,
+                                                   registry_path=tmp_path / "none.json")
   text = path.read_text()
-  assert consent.write_training_manifest(tmp_path, mixture,
-                                         registry_path=tmp_path / "none.json").read_text() == text
+  assert training_manifest.write_training_manifest(
+      tmp_path, mixture, registry_path=tmp_path / "none.json").read_text() == text
   old = json.loads(text)
   old["communities"]["alpha"]["records"]["train9"] = "abc"
   path.write_text(json.dumps(old))
-  consent.write_training_manifest(tmp_path, mixture, registry_path=tmp_path / "none.json")
+  training_manifest.write_training_manifest(tmp_path, mixture,
+                                            registry_path=tmp_path / "none.json")
   assert json.loads(path.read_text())["previous"][0]["communities"]["alpha"]["records"][
       "train9"] == "abc"
   violations = consent.check_manifest(json.loads(path.read_text()), consent.Consents(
@@ -102,19 +106,20 @@ def test_training_manifest_lists_records_levels_formats_eps_selection(communitie
 def test_training_refuses_withdrawn_data_and_audit_names_it(communities, tmp_path, capsys):
   registry_path = tmp_path / "consent.json"
   model_dir = tmp_path / "model"
-  consent.write_training_manifest(model_dir, "cdc.alpha.L6.cot_label", registry_path=registry_path)
-  assert audit.main([str(model_dir / "checkpoints"), "--consent", str(registry_path)]) == 0
+  training_manifest.write_training_manifest(model_dir, "cdc.alpha.L6.cot_label",
+                                            registry_path=registry_path)
+  assert audit_cli.main([str(model_dir / "checkpoints"), "--consent", str(registry_path)]) == 0
   assert "AUDIT OK" in capsys.readouterr().out
   consent.withdraw("alpha", records=["train2", "train5", "train0"], path=registry_path,
                    now="2025-01-01T00:00:00Z")
   with pytest.raises(consent.ConsentError, match=r"'alpha' withdrew records .* 2 withdrawn "
                      r"record\(s\) used: train0, train2$"):
-    consent.write_training_manifest(tmp_path / "new", "cdc.alpha.L6.cot_label",
-                                    registry_path=registry_path)
-  assert audit.main([str(model_dir), "--consent", str(registry_path)]) == 1
+    training_manifest.write_training_manifest(tmp_path / "new", "cdc.alpha.L6.cot_label",
+                                              registry_path=registry_path)
+  assert audit_cli.main([str(model_dir), "--consent", str(registry_path)]) == 1
   err = capsys.readouterr().err
   assert "AUDIT FAILED" in err and "train0, train2" in err and "train5" not in err
-  assert audit.main([str(tmp_path / "nothing"), "--consent", str(registry_path)]) == 2
+  assert audit_cli.main([str(tmp_path / "nothing"), "--consent", str(registry_path)]) == 2
   assert "AUDIT IMPOSSIBLE" in capsys.readouterr().err
 
 
@@ -126,8 +131,8 @@ def _finished_run(sweep_dir, members, communities, *, accuracy=0.5):
                          "catalog.register_tasks.embedded = False"]
   experiment.write_run_config(run_dir, spec, gin_files=["gin/experiments/coalition_tiny.gin"],
                               gin_bindings=bindings)
-  consent.write_training_manifest(run_dir / "model", experiment.register_mixture(spec),
-                                  registry_path=sweep_dir / "no_consents.json")
+  training_manifest.write_training_manifest(run_dir / "model", experiment.register_mixture(spec),
+                                            registry_path=sweep_dir / "no_consents.json")
   results.write_result(run_dir, _result(spec, accuracy))
   return run_dir
 
@@ -196,19 +201,19 @@ def test_withdraw_reruns_a_real_run_that_passes_the_audit(communities, tmp_path,
   sweep_dir = tmp_path / "sweep"
   stale_dir = _finished_run(sweep_dir, ["beta", "gamma"], communities)
   registry_path = tmp_path / "consent.json"
-  assert withdraw.main(["--community", "beta", "--sweep", str(sweep_dir), "--consent",
-                        str(registry_path)]) == 0
+  assert withdraw_cli.main(["--community", "beta", "--sweep", str(sweep_dir), "--consent",
+                            str(registry_path)]) == 0
   out = capsys.readouterr().out
   assert "withdrew community beta entirely" in out and "1 run(s) marked stale" in out
   assert "re-ran 1" in out
   run_dir = sweep_dir / "gamma.L6.label_only.s0"
   row = results.read_results(sweep_dir / results.TABLE_FILENAME)
   assert [r.run for r in row] == ["gamma.L6.label_only.s0"] and row[0].steps == 2
-  manifest = consent.read_training_manifest(run_dir / "model")
+  manifest = training_manifest.read_training_manifest(run_dir / "model")
   assert sorted(manifest["communities"]) == ["gamma"]
   assert "beta" not in manifest["vocabulary"]["communities"]
-  assert audit.main([str(run_dir / "model"), "--consent", str(registry_path)]) == 0
-  assert audit.main([str(stale_dir / "model"), "--consent", str(registry_path)]) == 1
+  assert audit_cli.main([str(run_dir / "model"), "--consent", str(registry_path)]) == 0
+  assert audit_cli.main([str(stale_dir / "model"), "--consent", str(registry_path)]) == 1
   assert "community 'beta' withdrew entirely" in capsys.readouterr().err
 
 
@@ -242,12 +247,12 @@ def test_withdraw_checks_sweeps_community_and_records_before_writing(communities
         str(communities["beta"])], "is community 'beta', not 'alpha'"),
   ]
   for argv, message in cases:
-    assert withdraw.main(argv + common) == 2, argv
+    assert withdraw_cli.main(argv + common) == 2, argv
     err = capsys.readouterr().err
     assert message in err and "nothing was written" in err, (argv, err)
     assert not registry_path.exists()
     assert (run_dir / results.RESULT_FILENAME).exists() and not (run_dir / "STALE.json").exists()
-  with pytest.raises(withdraw.WithdrawalError, match="does not exist"):
+  with pytest.raises(sweep_usage.WithdrawalError, match="does not exist"):
     withdraw.withdraw_from_sweep(tmp_path / "typo", "alpha", consent_path=registry_path,
                                  run_fn=_fake_run([]))
   assert not registry_path.exists()
@@ -260,23 +265,24 @@ def test_withdraw_counts_truly_and_undo_is_recorded_and_restores_runs(communitie
   _finished_run(sweep_dir, ["gamma"], communities)
   registry_path = tmp_path / "consent.json"
   common = ["--sweep", str(sweep_dir), "--consent", str(registry_path), "--no_rerun"]
-  assert withdraw.main(["--community", "alpha", "--records", "train1,train1,train2"] + common) == 0
+  assert withdraw_cli.main(
+      ["--community", "alpha", "--records", "train1,train1,train2"] + common) == 0
   out = capsys.readouterr().out
   assert "withdrew 2 record(s) of alpha\n" in out and "1 run(s) marked stale" in out
-  assert withdraw.main(["--community", "alpha", "--records", "train2,train3"] + common) == 0
+  assert withdraw_cli.main(["--community", "alpha", "--records", "train2,train3"] + common) == 0
   assert "withdrew 1 record(s) of alpha (1 already withdrawn)" in capsys.readouterr().out
   assert sorted(consent.read_consents(registry_path).of("alpha").records) == [
       "train1", "train2", "train3"]
-  assert audit.main([str(pair / "model"), "--consent", str(registry_path)]) == 1
+  assert audit_cli.main([str(pair / "model"), "--consent", str(registry_path)]) == 1
 
   # Undo: reinstated in the registry, recorded in the ledger, the stale run restored.
   undo = ["--undo", "--community", "alpha", "--sweep", str(sweep_dir), "--consent",
           str(registry_path)]
-  assert withdraw.main(undo + ["--records", "train1,train2,train3"]) == 0
+  assert withdraw_cli.main(undo + ["--records", "train1,train2,train3"]) == 0
   out = capsys.readouterr().out
   assert "reinstated 3 record(s) of alpha" in out and "restored 1 stale run(s)" in out
   assert (pair / results.RESULT_FILENAME).exists() and not (pair / "STALE.json").exists()
-  assert audit.main([str(pair / "model"), "--consent", str(registry_path)]) == 0
+  assert audit_cli.main([str(pair / "model"), "--consent", str(registry_path)]) == 0
   registry = consent.read_consents(registry_path)
   assert registry.communities == {}
   assert [(e["action"], e["records"]) for e in registry.ledger] == [
@@ -285,20 +291,20 @@ def test_withdraw_counts_truly_and_undo_is_recorded_and_restores_runs(communitie
   assert [r.run for r in results.read_results(sweep_dir / results.TABLE_FILENAME)] == [
       "alpha_beta.L6.label_only.s0", "gamma.L6.label_only.s0"]
   before = registry_path.read_bytes()
-  assert withdraw.main(undo + ["--records", "train1"]) == 2
+  assert withdraw_cli.main(undo + ["--records", "train1"]) == 2
   assert "record(s) train1 of 'alpha' are not withdrawn" in capsys.readouterr().err
-  assert withdraw.main(undo) == 2
+  assert withdraw_cli.main(undo) == 2
   assert "has not withdrawn entirely" in capsys.readouterr().err
   assert registry_path.read_bytes() == before
 
   # Whole community: withdrawn once (a repeat says so), undone, the run restored.
-  assert withdraw.main(["--community", "beta"] + common) == 0
+  assert withdraw_cli.main(["--community", "beta"] + common) == 0
   assert "withdrew community beta entirely" in capsys.readouterr().out
-  assert withdraw.main(["--community", "beta"] + common) == 0
+  assert withdraw_cli.main(["--community", "beta"] + common) == 0
   assert "beta had already withdrawn entirely; nothing new withdrawn" in capsys.readouterr().out
   assert not (pair / results.RESULT_FILENAME).exists()
-  assert withdraw.main(["--undo", "--community", "beta", "--sweep", str(sweep_dir), "--consent",
-                        str(registry_path)]) == 0
+  assert withdraw_cli.main(["--undo", "--community", "beta", "--sweep", str(sweep_dir), "--consent",
+                            str(registry_path)]) == 0
   assert "restored 1 stale run(s)" in capsys.readouterr().out
   assert (pair / results.RESULT_FILENAME).exists()
   assert [e["action"] for e in consent.read_consents(registry_path).ledger][-3:] == [

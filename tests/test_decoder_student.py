@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdc_jax import checkpoints, evaluate as evaluate_lib, optimizers, train as train_lib
 from cdc_jax.models import decoder_only, llama
-from cdc_jax.tasks import llama_vocabulary, registry
+from cdc_jax.student import checkpoints, evaluation as evaluate_lib, optimizers
+from cdc_jax.student import training as train_lib
+from cdc_jax.models import llama_vocabulary
+from cdc_jax.tasks import registry
 from cdc_jax.teacher import generation
 from tests import llama_student_helpers, train_helpers
 
@@ -175,19 +177,19 @@ def test_full_fine_tuning_learns_a_trivial_task_and_evaluates(tmp_path, hf_dir, 
   task = "cdc.yesdec.L6.label_only"
   metrics = train_lib.train(
       model=model, mixture_or_task_name=task, task_feature_lengths=LENGTHS, batch_size=4,
-      train_steps=30, model_dir=str(tmp_path / "run"), pack=False, tensorboard=False,
-      optimizer=optimizers.adamw(learning_rate=1e-2), log_every=10, checkpoint_every=30,
-      learning_rate_fn=optimizers.constant_schedule(learning_rate=1e-2))
+      train_steps=30, model_dir=str(tmp_path / "run"), tensorboard=False,
+      **train_helpers.train_settings(adamw=True, pack=False, log_every=10, checkpoint_every=30))
   assert metrics["loss"] < 0.5
   results = evaluate_lib.evaluate(
       model=model, mixture_or_task_name=task, checkpoint=str(tmp_path / "run"),
-      task_feature_lengths=LENGTHS, output_dir=str(tmp_path / "eval"), batch_size=4)
+      task_feature_lengths=LENGTHS, output_dir=str(tmp_path / "eval"),
+      **train_helpers.eval_settings(batch_size=4))
   assert results[task]["accuracy"] == 100.0
   rows = [json.loads(l) for l in (tmp_path / "eval" / f"{task}.predictions.jsonl").open()]
   assert len(rows) == 8 and all(r["prediction"] == "yes" for r in rows)
   assert all(r["input"].endswith("<|im_start|>assistant\n") for r in rows)
   # infer renders a plain text file's questions as the tasks do (chat template, no EOS).
-  from cdc_jax import infer as infer_lib
+  from cdc_jax.student import inference as infer_lib
   from cdc_jax.tasks import catalog
 
   (tmp_path / "questions.txt").write_text("Is 7 a number?\nIs 300 a number?\n")
@@ -198,7 +200,7 @@ def test_full_fine_tuning_learns_a_trivial_task_and_evaluates(tmp_path, hf_dir, 
   report = infer_lib.infer(model=model, checkpoint=str(tmp_path / "run"),
                            input_file=str(tmp_path / "questions.txt"),
                            output_file=str(tmp_path / "out.jsonl"), task_feature_lengths=LENGTHS,
-                           batch_size=4)
+                           **train_helpers.infer_settings(batch_size=4))
   assert report.num_written == 2
   assert [json.loads(l)["prediction"] for l in (tmp_path / "out.jsonl").open()] == ["yes", "yes"]
 
@@ -231,9 +233,8 @@ def test_lora_training_keeps_only_adapters_and_lowers_the_loss(tmp_path, hf_dir,
   task = "cdc.yesdec.L6.label_only"
   train_lib.train(
       model=model, mixture_or_task_name=task, task_feature_lengths=LENGTHS, batch_size=4,
-      train_steps=20, model_dir=str(tmp_path / "run"), pack=False, tensorboard=False,
-      optimizer=optimizers.adamw(learning_rate=1e-2), log_every=1, checkpoint_every=20,
-      learning_rate_fn=optimizers.constant_schedule(learning_rate=1e-2))
+      train_steps=20, model_dir=str(tmp_path / "run"), tensorboard=False,
+      **train_helpers.train_settings(adamw=True, pack=False, log_every=1, checkpoint_every=20))
   logged = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").open()]
   assert logged[-1]["loss"] < 0.85 * logged[0]["loss"]
   params, step = checkpoints.restore_params(tmp_path / "run")
@@ -246,8 +247,9 @@ def test_lora_checkpoint_refuses_other_base_weights(tmp_path, hf_dir, tasks):
   lora = llama.LoraConfig(rank=2)
   model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=128, lora=lora)
   train_lib.train(model=model, mixture_or_task_name="cdc.yesdec.L6.label_only",
-                  task_feature_lengths=LENGTHS, batch_size=4, train_steps=1, pack=False,
-                  model_dir=str(tmp_path / "run"), tensorboard=False, checkpoint_every=1)
+                  task_feature_lengths=LENGTHS, batch_size=4, train_steps=1,
+                  model_dir=str(tmp_path / "run"), tensorboard=False,
+                  **train_helpers.train_settings(pack=False, checkpoint_every=1))
   meta = checkpoints.restore_meta(tmp_path / "run")
   assert meta["base_weights"] == decoder_only.file_fingerprint(hf_dir)
   other = llama_student_helpers.make_tiny_hf_llama(tmp_path / "other", TEXTS, seed=1)
@@ -256,11 +258,12 @@ def test_lora_checkpoint_refuses_other_base_weights(tmp_path, hf_dir, tasks):
     evaluate_lib.evaluate(
         model=other_model, mixture_or_task_name="cdc.yesdec.L6.label_only",
         checkpoint=str(tmp_path / "run"), task_feature_lengths=LENGTHS,
-        output_dir=str(tmp_path / "eval"), batch_size=4)
+        output_dir=str(tmp_path / "eval"), **train_helpers.eval_settings(batch_size=4))
   with pytest.raises(ValueError, match="trained on base weights"):  # Nor does resuming.
     train_lib.train(model=other_model, mixture_or_task_name="cdc.yesdec.L6.label_only",
-                    task_feature_lengths=LENGTHS, batch_size=4, train_steps=2, pack=False,
-                    model_dir=str(tmp_path / "run"), tensorboard=False)
+                    task_feature_lengths=LENGTHS, batch_size=4, train_steps=2,
+                    model_dir=str(tmp_path / "run"), tensorboard=False,
+                    **train_helpers.train_settings(pack=False))
 
 
 def test_packed_rows_keep_examples_apart(hf_dir):
@@ -327,9 +330,7 @@ def test_cli_lora_resume_after_sigkill_is_bitwise_and_merges(tmp_path, hf_dir):
   env = {"XLA_FLAGS": train_helpers.DETERMINISTIC_XLA_FLAGS}
   args = lambda d: _cli_args(hf_dir, manifest, tmp_path / d, steps=6, lora=True)
   train_helpers.run_module("cdc_jax.train", args("straight"), env=env)
-  killed = train_helpers.run_module(
-      "cdc_jax.train", args("resumed") + ["--gin.train.simulate_preemption_at_step=4"],
-      check=False, env=env)
+  killed = train_helpers.run_train_killed_after_checkpoint(4, args("resumed"), env=env)
   assert killed.returncode == -9, killed.stderr[-2000:]
   train_helpers.run_module("cdc_jax.train", args("resumed"), env=env)
   straight, step_a = checkpoints.restore_params(tmp_path / "straight")
@@ -360,8 +361,9 @@ def test_cli_lora_resume_after_sigkill_is_bitwise_and_merges(tmp_path, hf_dir):
 SHARDED_SCRIPT = """
 import json, sys
 import jax, numpy as np
-from cdc_jax import optimizers, partitioning
-from cdc_jax.trainer import Trainer
+from cdc_jax.models import partitioning
+from cdc_jax.student import optimizers
+from cdc_jax.student.trainer import Trainer
 from cdc_jax.models import decoder_only, llama
 assert jax.device_count() == 8, jax.devices()
 weights = sys.argv[1]
@@ -429,8 +431,8 @@ def test_two_processes_train_one_lora_student(tmp_path, hf_dir):
 
 
 def test_bf16_compute_on_f32_master_weights_and_gradient_accumulation(hf_dir):
-  from cdc_jax import partitioning
-  from cdc_jax.trainer import Trainer, TrainerConfig
+  from cdc_jax.models import partitioning
+  from cdc_jax.student.trainer import Trainer, TrainerConfig
 
   batch = _batch(300)
   shapes = {k: v.shape for k, v in batch.items()}

@@ -3,7 +3,8 @@
 import gin
 import pytest
 
-from cdc_jax import config_cli, gin_checks, sweep
+from cdc_jax import config_cli, gin_checks
+from cdc_jax.coalitions import sweep
 from cdc_jax.models.encoder_decoder import EncoderDecoderModel
 
 
@@ -110,23 +111,59 @@ def test_missing_required_macro_is_named_with_its_flag_before_any_work(monkeypat
 
 
 def test_train_and_evaluate_check_their_arguments_before_registering_tasks():
-  from cdc_jax import evaluate, train
+  from cdc_jax.student import evaluation, training
+  from tests import train_helpers
 
   registered = []
-  common = dict(model=None, mixture_or_task_name="x", register_tasks=lambda: registered.append(1))
+  common = dict(model=None, mixture_or_task_name="x")
+  register = lambda: registered.append(1)
+  settings = train_helpers.train_settings(register_tasks=register)
   with pytest.raises(ValueError, match=r"train_steps=-1: expected an integer >= 0"):
-    train.train(**common, task_feature_lengths={"inputs": 8, "targets": 8}, batch_size=2,
-                train_steps=-1, model_dir="/nonexistent")
+    training.train(**common, **settings, task_feature_lengths={"inputs": 8, "targets": 8},
+                   batch_size=2, train_steps=-1, model_dir="/nonexistent")
   with pytest.raises(ValueError, match=r"batch_size=0: expected a positive integer"):
-    train.train(**common, task_feature_lengths={"inputs": 8, "targets": 8}, batch_size=0,
-                train_steps=5, model_dir="/nonexistent")
+    training.train(**common, **settings, task_feature_lengths={"inputs": 8, "targets": 8},
+                   batch_size=0, train_steps=5, model_dir="/nonexistent")
   with pytest.raises(ValueError, match=r"task_feature_lengths\['targets'\]='eight'"):
-    train.train(**common, task_feature_lengths={"inputs": 8, "targets": "eight"}, batch_size=2,
-                train_steps=5, model_dir="/nonexistent")
+    training.train(**common, **settings, task_feature_lengths={"inputs": 8, "targets": "eight"},
+                   batch_size=2, train_steps=5, model_dir="/nonexistent")
   with pytest.raises(ValueError, match=r"batch_size='four': expected a positive integer, got str"):
-    evaluate.evaluate(**common, checkpoint="/nonexistent", output_dir="/nonexistent",
-                      task_feature_lengths={"inputs": 8, "targets": 8}, batch_size="four")
+    evaluation.evaluate(**common, **train_helpers.eval_settings(batch_size="four",
+                                                                register_tasks=register),
+                        checkpoint="/nonexistent", output_dir="/nonexistent",
+                        task_feature_lengths={"inputs": 8, "targets": 8})
   with pytest.raises(ValueError, match=r"no length for 'targets'"):
-    evaluate.evaluate(**common, checkpoint="/nonexistent", output_dir="/nonexistent",
-                      task_feature_lengths={"inputs": 8})
+    evaluation.evaluate(**common, **train_helpers.eval_settings(register_tasks=register),
+                        checkpoint="/nonexistent",
+                        output_dir="/nonexistent", task_feature_lengths={"inputs": 8})
   assert registered == []
+
+
+def test_run_gin_files_set_every_setting_the_entry_points_require():
+  """Defaults live in one place: what a signature requires, gin/runs/*.gin sets."""
+  import inspect
+
+  from cdc_jax import evaluate, infer, merge_lora, train
+
+  for module, gin_file in ((train, "train"), (evaluate, "eval"), (infer, "infer"),
+                           (merge_lora, "merge_lora")):
+    fn = getattr(module, module.__name__.rsplit(".", 1)[1])
+    required = {n for n, p in inspect.signature(fn).parameters.items()
+                if p.default is inspect.Parameter.empty}
+    gin.clear_config()
+    config_cli.parse_gin(["gin/models/t5_1_1_tiny.gin", f"gin/runs/{gin_file}.gin"], [])
+    selector = f"{module.__name__}.{fn.__name__}"
+    bound = set(gin.config._CONFIG[("", selector)])  # pylint: disable=protected-access
+    assert required == bound, (gin_file, required ^ bound)
+  gin.clear_config()
+
+
+def test_train_gin_refuses_withdrawn_data_through_the_consent_check():
+  """The library trainer does not import contribution/: gin hands it the consent check."""
+  gin.clear_config()
+  config_cli.parse_gin(["gin/models/t5_1_1_tiny.gin", "gin/runs/train.gin"], [])
+  check = gin.query_parameter("train.train.check_training_data")
+  assert check.configurable.selector == (
+      "cdc_jax.contribution.training_manifest.write_training_manifest")
+  assert not check.evaluate  # The function itself, called by train with the run's directory.
+  gin.clear_config()

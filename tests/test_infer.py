@@ -5,7 +5,9 @@ import json
 import gin
 import pytest
 
-from cdc_jax import decoding, infer, optimizers, partitioning, train
+from cdc_jax import infer
+from cdc_jax.models import partitioning
+from cdc_jax.student import inference, prediction, training
 from cdc_jax.data import records as records_lib
 from cdc_jax.models.encoder_decoder import build_model
 from cdc_jax.models.t5_config import t5_config
@@ -24,18 +26,16 @@ def trained(tmp_path_factory):
   manifest = train_helpers.always_yes_community(root / "data")
   catalog.register_tasks(embedded=False, communities=[manifest])
   model = build_model(t5_config("tiny", vocab_size=1024, dropout_rate=0.0))
-  train.train(model=model, mixture_or_task_name="cdc.yesland.L6.label_only",
-              task_feature_lengths=LENGTHS, batch_size=8, train_steps=25,
-              model_dir=str(root / "run"), pack=False,
-              # AdamW compiles faster than the default Adafactor.
-              optimizer=optimizers.adamw(learning_rate=1e-2),
-              learning_rate_fn=optimizers.constant_schedule(learning_rate=1e-2),
-              log_every=25, checkpoint_every=25, tensorboard=False)
+  training.train(model=model, mixture_or_task_name="cdc.yesland.L6.label_only",
+                 task_feature_lengths=LENGTHS, batch_size=8, train_steps=25,
+                 model_dir=str(root / "run"), tensorboard=False,
+                 **train_helpers.train_settings(adamw=True, pack=False, log_every=25,
+                                                checkpoint_every=25))
   mesh = partitioning.make_mesh((-1, 1))
   shapes = {"encoder_input_tokens": (BATCH, LENGTHS["inputs"]),
             "decoder_input_tokens": (BATCH, LENGTHS["targets"])}
-  params, _ = decoding.load_params(model, str(root / "run"), mesh, input_shapes=shapes)
-  predictor = decoding.Predictor(model, params, mesh, batch_size=BATCH,
+  params, _ = prediction.load_params(model, str(root / "run"), mesh, input_shapes=shapes)
+  predictor = prediction.Predictor(model, params, mesh, batch_size=BATCH,
                                  max_decode_len=LENGTHS["targets"])
   return {"root": root, "manifest": manifest, "model": model, "checkpoint": str(root / "run"),
           "predictor": predictor, "vocab": catalog.process_vocabulary()}
@@ -46,7 +46,7 @@ def _direct(trained, texts):
   vocab = trained["vocab"]
   rows = [list(vocab.encode(t))[:LENGTHS["inputs"] - 1] + [1] for t in texts]
   decoded = trained["predictor"].predict(
-      {"encoder_input_tokens": decoding.pad_rows(rows, LENGTHS["inputs"])})
+      {"encoder_input_tokens": prediction.pad_rows(rows, LENGTHS["inputs"])})
   return [vocab.decode(r.tolist()) for r in decoded]
 
 
@@ -82,26 +82,27 @@ def test_cli_on_a_text_file_matches_the_predictor(trained, tmp_path, capsys):
 
 def test_records_render_the_inputs_of_their_tasks(trained):
   records_file = trained["manifest"].parent / "test.jsonl"
-  fmt, inputs = infer.read_inputs(records_file, fmt="label_only")
+  fmt, inputs = inference.read_inputs(records_file, fmt="label_only")
   records = [r for _, r in records_lib.iter_records(records_file)]
   assert fmt == "records"
   assert [(x.id, x.text, x.line) for x in inputs] == [
       (r.id, formats.render_inputs(r.question, r.choices), i + 1) for i, r in enumerate(records)]
-  assert inputs[0] == infer.InferInput("Is 100 a number?", 1, "test100")
+  assert inputs[0] == inference.InferInput("Is 100 a number?", 1, "test100")
 
 
 def test_read_inputs_jsonl_and_step_by_step_records(trained, tmp_path):
   path = tmp_path / "in.jsonl"
   path.write_text('{"inputs": "Is 3 a number?", "id": 7}\n{"inputs": "Is 4 a number?"}\n')
-  fmt, inputs = infer.read_inputs(path)
+  fmt, inputs = inference.read_inputs(path)
   assert fmt == "jsonl"
-  assert inputs == [infer.InferInput("Is 3 a number?", 1, "7"), infer.InferInput("Is 4 a number?", 2)]
-  fmt, inputs = infer.read_inputs(trained["manifest"].parent / "train.jsonl",
+  assert inputs == [inference.InferInput("Is 3 a number?", 1, "7"),
+                    inference.InferInput("Is 4 a number?", 2)]
+  fmt, inputs = inference.read_inputs(trained["manifest"].parent / "train.jsonl",
                                   fmt="step_by_step", part="predict")
   assert fmt == "records" and len(inputs) == 24
-  assert inputs[0] == infer.InferInput("predict: Is 0 a number?", 1, "train0")
+  assert inputs[0] == inference.InferInput("predict: Is 0 a number?", 1, "train0")
   with pytest.raises(ValueError, match="only step_by_step has parts"):
-    infer.read_inputs(trained["manifest"].parent / "train.jsonl", fmt="step_by_step")
+    inference.read_inputs(trained["manifest"].parent / "train.jsonl", fmt="step_by_step")
 
 
 @pytest.mark.parametrize("name,content,error", [
@@ -116,8 +117,9 @@ def test_bad_lines_name_file_and_line_before_loading_a_model(tmp_path, name, con
   (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
   with pytest.raises(ValueError, match=error):
     # The checkpoint does not exist: inputs are checked first.
-    infer.infer(model=None, checkpoint=str(tmp_path / "none"), input_file=str(path),
-                output_file=str(tmp_path / "out.jsonl"), task_feature_lengths=LENGTHS)
+    inference.infer(model=None, checkpoint=str(tmp_path / "none"), input_file=str(path),
+                    output_file=str(tmp_path / "out.jsonl"), task_feature_lengths=LENGTHS,
+                    **train_helpers.infer_settings())
   assert not (tmp_path / "out.jsonl").exists()
 
 
@@ -125,4 +127,4 @@ def test_bad_record_line_is_named(tmp_path):
   path = tmp_path / "records.jsonl"
   path.write_text('{"question": "Is 1 a number?"}\n')
   with pytest.raises(records_lib.RecordError, match=r"records\.jsonl:1"):
-    infer.read_inputs(path)
+    inference.read_inputs(path)

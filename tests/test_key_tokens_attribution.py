@@ -7,14 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdc_jax import optimizers, train
 from cdc_jax.coalitions import figures as coalition_figures
 from cdc_jax.coalitions.results import RunResult
-from cdc_jax.contribution import attribution, figures
+from cdc_jax.contribution import attribution, training_manifest
 from cdc_jax.data import records as R
 from cdc_jax.models.encoder_decoder import build_model
 from cdc_jax.models.t5_config import t5_config
+from cdc_jax.student import training
 from cdc_jax.tasks import catalog, formats
+from tests import train_helpers
 
 QUESTION = "Is the lamp on?"
 WORDS = "The switch is up so the lamp is on".split()
@@ -44,11 +45,11 @@ def student(tmp_path_factory):
   root = tmp_path_factory.mktemp("attribution")
   catalog.register_tasks(embedded=False, communities=[_community(root / "data")])
   model = build_model(t5_config("tiny", vocab_size=1024, dropout_rate=0.0))
-  train.train(model=model, mixture_or_task_name="cdc.lampland.L6.label_only",
-              task_feature_lengths={"inputs": 16, "targets": 4}, batch_size=8, train_steps=8,
-              model_dir=str(root / "run"), pack=False, log_every=8, checkpoint_every=8,
-              learning_rate_fn=optimizers.constant_schedule(learning_rate=1e-2),
-              tensorboard=False)
+  training.train(model=model, mixture_or_task_name="cdc.lampland.L6.label_only",
+                 task_feature_lengths={"inputs": 16, "targets": 4}, batch_size=8, train_steps=8,
+                 model_dir=str(root / "run"), tensorboard=False, **train_helpers.train_settings(
+                     pack=False, log_every=8, checkpoint_every=8,
+                     check_training_data=training_manifest.write_training_manifest))
   selector = attribution.register_attribution_selector(
       checkpoint=str(root / "run"), model=model, vocabulary=catalog.process_vocabulary(),
       input_length=64, target_length=4)
@@ -135,14 +136,14 @@ def _row(members, k, acc, *, selection=None, fmt="key_tokens", seed=0):
 
 
 def test_accuracy_vs_k_figure(tmp_path):
-  assert figures.parse_k("key_tokens:attribution:k=16") == ("attribution", 16)
-  assert figures.parse_k("random:budget=4") is None
+  assert coalition_figures.parse_k("key_tokens:attribution:k=16") == ("attribution", 16)
+  assert coalition_figures.parse_k("random:budget=4") is None
   rows = [_row(["a"], 1, 0.2), _row(["a"], 4, 0.5), _row(["a"], 4, 0.7, seed=1),
           _row(["a", "b"], 2, 0.4), _row(["a"], None, 0.9, fmt="label_cot")]
-  lines = figures.k_points(rows)
+  lines = coalition_figures.k_points(rows)
   assert lines[("a", ("a",), 6, "salience")] == {1: 0.2, 4: pytest.approx(0.6)}
   assert lines[("b", ("a", "b"), 6, "salience")] == {2: 0.4}
-  path = figures.plot_accuracy_vs_k(rows, tmp_path / "k.png")
+  path = coalition_figures.plot_accuracy_vs_k(rows, tmp_path / "k.png")
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   with pytest.raises(coalition_figures.MissingRuns, match="key_tokens:k=4"):
-    figures.plot_accuracy_vs_k(rows[-1:], tmp_path / "none.png")
+    coalition_figures.plot_accuracy_vs_k(rows[-1:], tmp_path / "none.png")

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from cdc_jax.data import stats
+from cdc_jax.tasks import stats
 from cdc_jax.tasks import catalog
 from cdc_jax.tasks import lengths as lengths_lib
 from tests import train_helpers

@@ -14,8 +14,8 @@ import pytest
 import torch
 import transformers
 
-from cdc_jax.models import llama
-from cdc_jax.teacher import chat, generation, llama_weights, tokenizer
+from cdc_jax.models import llama, llama_chat, llama_tokenizer, llama_weights
+from cdc_jax.teacher import generation
 
 QUESTIONS = ("What is 2+3?", "Name a colour of the sky.", "Write one short sentence about cats.")
 
@@ -56,7 +56,8 @@ def test_config_from_gguf_metadata(gen):
 
 
 def test_logits_match_transformers(gen, hf_model):
-  prompts = [gen.tokenizer.encode(chat.user_prompt(q, fmt=gen.chat_format)) for q in QUESTIONS]
+  prompts = [gen.tokenizer.encode(llama_chat.user_prompt(q, fmt=gen.chat_format))
+             for q in QUESTIONS]
   width = max(len(p) for p in prompts)
   tokens = np.full((len(prompts), width), gen.tokenizer.pad_id, np.int32)
   mask = np.zeros(tokens.shape, bool)
@@ -75,7 +76,7 @@ def test_logits_match_transformers(gen, hf_model):
 def test_first_16_greedy_tokens_match_transformers(gen, hf_model, hf_tokenizer):
   results = gen.generate(list(QUESTIONS), max_new_tokens=16, as_chat=True)
   for q, res in zip(QUESTIONS, results):
-    ids = gen.tokenizer.encode(chat.user_prompt(q, fmt=gen.chat_format))
+    ids = gen.tokenizer.encode(llama_chat.user_prompt(q, fmt=gen.chat_format))
     assert res.num_prompt_tokens == len(ids)
     with torch.no_grad():
       out = hf_model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False,
@@ -104,16 +105,17 @@ def test_hf_dir_tokenizer_round_trip(gen, tmp_path):
   (tmp_path / "tokenizer_config.json").write_text(json.dumps({
       "eos_token": "<|im_end|>", "bos_token": "<|im_start|>", "pad_token": "<|im_end|>",
       "add_bos_token": False, "chat_template": gen.tokenizer.chat_template}))
-  tok = tokenizer.tokenizer_from_hf_dir(tmp_path)
+  tok = llama_tokenizer.tokenizer_from_hf_dir(tmp_path)
   assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.add_bos, tok.stop_ids) == (1, 2, 2, False, (2, 0))
-  text = chat.user_prompt("Is 7 prime?", fmt=chat.chat_format_from_template(tok.chat_template))
+  text = llama_chat.user_prompt("Is 7 prime?",
+                               fmt=llama_chat.chat_format_from_template(tok.chat_template))
   assert tok.encode(text) == gen.tokenizer.encode(text)
 
 
 def test_chat_rendering_matches_stored_jinja_template(gen):
   template = jinja2.Environment().from_string(gen.tokenizer.chat_template)
   fmt = gen.chat_format
-  assert fmt == chat.ChatFormat(
+  assert fmt == llama_chat.ChatFormat(
       style="chatml",
       default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face")
   conversations = [
@@ -125,13 +127,13 @@ def test_chat_rendering_matches_stored_jinja_template(gen):
   for messages in conversations:
     for add in (True, False):
       expected = template.render(messages=messages, add_generation_prompt=add)
-      assert chat.render_chat(messages, fmt=fmt, add_generation_prompt=add) == expected
-  assert chat.user_prompt("Hi", fmt=fmt, system="Think step by step.") == template.render(
+      assert llama_chat.render_chat(messages, fmt=fmt, add_generation_prompt=add) == expected
+  assert llama_chat.user_prompt("Hi", fmt=fmt, system="Think step by step.") == template.render(
       messages=conversations[1], add_generation_prompt=True)
 
 
 def test_unknown_chat_template_raises():
   with pytest.raises(ValueError, match="unrecognised chat template"):
-    chat.chat_format_from_template("{{ messages }}")
+    llama_chat.chat_format_from_template("{{ messages }}")
   with pytest.raises(ValueError, match="no chat template"):
-    chat.chat_format_from_template(None)
+    llama_chat.chat_format_from_template(None)

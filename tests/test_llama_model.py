@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdc_jax.models import llama
+from cdc_jax.models import llama, llama_decode
 from cdc_jax.teacher import generation
 
 TINY = llama.LlamaConfig(
@@ -140,7 +140,7 @@ def test_batched_left_padded_generation_equals_per_prompt(tiny_params):
 def test_phased_decoding_over_cache_segments_equals_full_forward(tiny_params):
   # 70 new tokens: the 128-token bucket decodes in two phases (64, 128), the second
   # attending to one more cache segment; left padding and a shared prefix included.
-  assert generation.decode_phases(128) == (64, 128)
+  assert llama_decode.decode_phases(128) == (64, 128)
   gen = _generator(tiny_params, stop_ids=(), prompt_buckets=(16, 32))
   common = list(range(20, 37))
   prompts = [common + [5, 9, 11], common + [12]]
@@ -228,9 +228,9 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(tiny_params):
 
 def test_top_k_restricts_samples():
   logits = jnp.array([[0.0, 5.0, 4.0, -1.0, 3.0]] * 4000)
-  picks = np.asarray(generation._pick_tokens(logits, jax.random.PRNGKey(0), jnp.float32(5.0), 2))
+  picks = np.asarray(llama_decode.pick_tokens(logits, jax.random.PRNGKey(0), jnp.float32(5.0), 2))
   assert set(picks.tolist()) == {1, 2}
-  picks = np.asarray(generation._pick_tokens(logits, jax.random.PRNGKey(0), jnp.float32(0.0), 2))
+  picks = np.asarray(llama_decode.pick_tokens(logits, jax.random.PRNGKey(0), jnp.float32(0.0), 2))
   assert set(picks.tolist()) == {1}
 
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 import transformers
 
-from cdc_jax.models import llama
-from cdc_jax.teacher import llama_weights
+from cdc_jax.models import llama, llama_weights
 
 TOKENS = np.array([[3, 17, 99, 5, 64, 2, 120, 7, 7, 31], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
 

@@ -18,8 +18,8 @@ CHILD = textwrap.dedent("""
     import flax.linen as nn
     import jax
     import numpy as np
-    from cdc_jax.models import llama
-    from cdc_jax.teacher import generation, sharding
+    from cdc_jax.models import llama, llama_sharding
+    from cdc_jax.teacher import generation
 
     cfg = llama.LlamaConfig(vocab_size=128, hidden=32, intermediate=64, num_layers=2,
                             num_heads=8, num_kv_heads=4, head_dim=8, max_seq_len=64,
@@ -27,14 +27,14 @@ CHILD = textwrap.dedent("""
     rng = np.random.default_rng(0)
     params_np = jax.tree.map(lambda a: (0.3 * rng.standard_normal(a.shape)).astype(np.float32),
                              nn.unbox(llama.abstract_params(cfg)))
-    mesh = sharding.make_teacher_mesh((2, 4))
-    shardings = sharding.param_shardings(llama.abstract_params(cfg), mesh)
+    mesh = llama_sharding.make_teacher_mesh((2, 4))
+    shardings = llama_sharding.param_shardings(llama.abstract_params(cfg), mesh)
     params = jax.device_put(params_np, shardings)
     tokens = rng.integers(0, 128, (4, 10)).astype(np.int32)
     model = llama.Llama(cfg)
     forward = lambda p, t: model.apply({"params": p}, t)[0]
     ref = np.asarray(jax.jit(forward)(jax.device_put(params_np, jax.devices()[0]), tokens))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.TEACHER_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(llama_sharding.TEACHER_RULES):
       out = jax.jit(forward)(params, tokens)
 
     class Tok:
@@ -53,7 +53,7 @@ CHILD = textwrap.dedent("""
     # The same weights through the safetensors loader, placed on the mesh tensor by tensor.
     import tempfile
     from safetensors.numpy import save_file
-    from cdc_jax.teacher import llama_weights
+    from cdc_jax.models import llama_weights
     hf = {"model.embed_tokens.weight": params_np["embed_tokens"],
           "lm_head.weight": params_np["lm_head"]["weight"],
           "model.norm.weight": params_np["final_norm"]["scale"]}

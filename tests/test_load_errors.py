@@ -7,7 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from cdc_jax.teacher import jax_setup, launch, llama_weights, shards
+from cdc_jax.models import llama_weights
+from cdc_jax.teacher import jax_setup, launch, shards
 
 
 def _tiny_gguf(path):

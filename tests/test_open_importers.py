@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from cdc_jax import evaluate, optimizers, train
 from cdc_jax.data import import_traces, importers, records
 from cdc_jax.data.importers import detect, fields, sources
 from cdc_jax.models.encoder_decoder import build_model
 from cdc_jax.models.t5_config import t5_config
+from cdc_jax.student import evaluation, training
 from cdc_jax.tasks import catalog
 from cdc_jax.tasks import lengths as lengths_lib
+from tests import train_helpers
 
 _ANIMALS = [("bat", "yes"), ("dog", "yes"), ("trout", "no"), ("eagle", "no"), ("whale", "yes"),
             ("frog", "no"), ("cat", "yes"), ("shark", "no")]
@@ -216,20 +217,21 @@ def test_fields_importer_cli_then_train_and_evaluate(tmp_path, capsys):
   catalog.register_tasks(embedded=False, communities=[out / "community.json"])
   model = build_model(t5_config("tiny", vocab_size=1024, dropout_rate=0.0))
   lengths = {"inputs": "p100", "targets": 16}  # A percentile of the data, or tokens.
-  metrics = train.train(model=model, mixture_or_task_name="cdc.zoo.L6.label_cot",
-                        task_feature_lengths=lengths, batch_size=4, train_steps=3,
-                        model_dir=str(tmp_path / "run"), pack=False, log_every=3,
-                        checkpoint_every=3, tensorboard=False,
-                        learning_rate_fn=optimizers.constant_schedule(learning_rate=1e-2))
+  metrics = training.train(model=model, mixture_or_task_name="cdc.zoo.L6.label_cot",
+                           task_feature_lengths=lengths, batch_size=4, train_steps=3,
+                           model_dir=str(tmp_path / "run"), tensorboard=False,
+                           **train_helpers.train_settings(pack=False, log_every=3,
+                                                          checkpoint_every=3))
   assert metrics["loss"] > 0
   run_lengths = json.loads((tmp_path / "run" / "lengths.json").read_text())
   assert run_lengths["examples"] == 15  # The record without a level-6 rationale is left out.
   longest = int(lengths_lib.token_lengths("cdc.zoo.L6.label_cot", "train").inputs.max())
   assert run_lengths["task_feature_lengths"]["inputs"] == longest
   assert run_lengths["inputs_cut"] == 0
-  results = evaluate.evaluate(model=model, mixture_or_task_name="cdc.zoo.L6.label_cot",
-                              checkpoint=str(tmp_path / "run"), task_feature_lengths=lengths,
-                              output_dir=str(tmp_path / "eval"), batch_size=4)
+  results = evaluation.evaluate(model=model, mixture_or_task_name="cdc.zoo.L6.label_cot",
+                                checkpoint=str(tmp_path / "run"), task_feature_lengths=lengths,
+                                output_dir=str(tmp_path / "eval"),
+                                **train_helpers.eval_settings(batch_size=4))
   assert results["cdc.zoo.L6.label_cot"]["num_examples"] == 4.0
   eval_lengths = json.loads((tmp_path / "eval" / "lengths.json").read_text())
   assert (eval_lengths["split"], eval_lengths["examples"]) == ("test", 4)

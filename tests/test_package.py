@@ -61,7 +61,7 @@ def test_wheel_holds_the_package_and_gin_configs_but_no_tasks_module(installed):
   names = zipfile.ZipFile(wheel).namelist()
   tops = {n.split("/")[0] for n in names}
   assert tops == {"cdc_jax", f"{wheel.name.split('-py3')[0]}.dist-info"}
-  for path in ("cdc_jax/__init__.py", "cdc_jax/data/__init__.py", "cdc_jax/data/stats.py",
+  for path in ("cdc_jax/__init__.py", "cdc_jax/data/__init__.py", "cdc_jax/tasks/stats.py",
                "cdc_jax/data/importers/fields.py", "cdc_jax/tasks/register_all.py",
                "cdc_jax/gin/experiments/embedded_tiny.gin", "cdc_jax/gin/runs/eval.gin",
                "cdc_jax/gin/sweeps/embedded_demo.gin"):

@@ -11,12 +11,13 @@ import gin
 import pytest
 import seqio
 
-from cdc_jax import checkpoints, config_cli, names, run_inputs, sweep
-from cdc_jax.coalitions import experiment
+from cdc_jax import config_cli, names, run_inputs
+from cdc_jax.coalitions import experiment, sweep
 from cdc_jax.data import attach_split
 from cdc_jax.data import records as R
 from cdc_jax.data.importers import assembly
 from cdc_jax.models.encoder_decoder import EncoderDecoderModel
+from cdc_jax.student import checkpoints
 from cdc_jax.tasks import catalog, vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +113,7 @@ def test_experiment_is_a_t5_base_student_fine_tuned_from_the_hf_checkpoint(tmp_p
   schedule = _value("%LEARNING_RATE_FN")
   assert [float(schedule(s)) for s in (0, 9999)] == [1e-3, 1e-3]
   assert gin.query_parameter("train.train.optimizer").configurable.selector == (
-      "cdc_jax.optimizers.adafactor")
+      "cdc_jax.student.optimizers.adafactor")
   assert str(gin.query_parameter("optimizers.adafactor.learning_rate")) == "%LEARNING_RATE_FN"
 
 
@@ -335,7 +336,7 @@ def test_launch_script_parses_prints_usage_and_runs_nothing_when_sourced(script,
 def test_slurm_sweep_submits_one_array_task_per_run_of_the_paper_sweep(tmp_path):
   sweep_dir = tmp_path / "sweep"
   config_cli.parse_gin([SWEEP], _required(tmp_path) + [f"SWEEP_DIR = '{sweep_dir}'"])
-  assert config_cli.configured("cdc_jax.sweep", "run_sweep")(dry_run=True) == []
+  assert config_cli.configured("cdc_jax.coalitions.sweep", "run_sweep")(dry_run=True) == []
   lines = (sweep_dir / "commands.txt").read_text().splitlines()
   assert len(lines) == 126 and all("cdc_jax.coalitions.experiment --run_dir=" in l for l in lines)
   config = json.loads((sweep_dir / "strategyqa.L6.cot_label.s2" / "run.json").read_text())

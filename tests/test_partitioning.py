@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc_jax import partitioning
+from cdc_jax.models import partitioning
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from cdc_jax import sweep
-from cdc_jax.coalitions import experiment
+from cdc_jax.coalitions import experiment, sweep
 from cdc_jax.contribution import embeddings as E
 from cdc_jax.contribution import privacy, variants
 from cdc_jax.data import records as R

@@ -1,4 +1,4 @@
-"""Tests of the coalition sweep report (cdc_jax.report) on a synthetic sweep."""
+"""Tests of the coalition sweep report (cdc_jax.coalitions.report) on a synthetic sweep."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cdc_jax import report
-from cdc_jax.coalitions import results
+from cdc_jax import report as report_cli
+from cdc_jax.coalitions import report, results, tables
 from cdc_jax.coalitions.results import RunResult
 
 # Accuracy of each member at L6 cot_label (seed mean); other settings shift it.
@@ -72,7 +72,7 @@ def test_report_from_result_files(tmp_path, capsys):
   (sweep / "unfinished-run").mkdir()
   out = tmp_path / "out"
 
-  assert report.main([str(sweep), "--out", str(out)]) == 0
+  assert report_cli.main([str(sweep), "--out", str(out)]) == 0
 
   printed = capsys.readouterr().out
   assert f"read {len(rows)} runs (6 settings) from {sweep}" in printed
@@ -113,7 +113,7 @@ def test_report_notes_missing_runs(tmp_path, capsys):
   sweep = tmp_path / "sweep"
   assert results.write_results(sweep / results.TABLE_FILENAME, rows) == 12
 
-  assert report.main([str(sweep)]) == 0
+  assert report_cli.main([str(sweep)]) == 0
 
   assert f"read 12 runs (1 settings) from {sweep / results.TABLE_FILENAME}" in (
       capsys.readouterr().out)
@@ -132,7 +132,7 @@ def test_report_notes_missing_runs(tmp_path, capsys):
 
 
 def test_summary_table_numbers():
-  text = report.summary_table(synthetic_sweep())
+  text = tables.summary_table(synthetic_sweep())
   blocks = text.split("\n\n")
   assert [b.splitlines()[0] for b in blocks] == [
       "== L1 cot_label: 7 coalitions, 1 seed(s) each ==",
@@ -159,7 +159,7 @@ def test_report_rejects_bad_result_file(tmp_path):
   path = results.write_result(sweep / row.run, row)
   path.write_text(path.read_text().replace('"level": 6', '"level": 9'))
   with pytest.raises(results.ResultError, match=r"result\.json: field 'level': invalid"):
-    report.main([str(sweep)])
+    report_cli.main([str(sweep)])
 
 
 def test_rerun_into_the_same_directory_removes_figures_it_no_longer_draws(tmp_path):

@@ -372,7 +372,7 @@ def test_model_log_likelihood_and_token_counts_with_a_tiny_t5(tmp_path):
 
 
 def test_allocation_sweep_materialises_equal_token_variants_and_reuses_them(tmp_path):
-  from cdc_jax import sweep
+  from cdc_jax.coalitions import sweep
   from cdc_jax.contribution import allocation_sweep
 
   source = _community(tmp_path, _gap_records())

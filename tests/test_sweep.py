@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from cdc_jax import sweep
-from cdc_jax.coalitions import examples, experiment, results
+from cdc_jax.coalitions import examples, experiment, results, sweep
 from tests import train_helpers
 
 

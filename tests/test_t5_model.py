@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdc_jax import partitioning
+from cdc_jax.models import partitioning
 from cdc_jax.models import encoder_decoder, t5_config
 
 GIN_DIR = Path(__file__).resolve().parent.parent / "gin" / "models"

@@ -243,7 +243,7 @@ def _with_empty_split(tmp_path, vocab, split):
 
 
 def test_empty_train_split_is_refused_where_training_reads_it(tmp_path, vocab):
-  from cdc_jax import input_pipeline
+  from cdc_jax.student import input_pipeline
 
   name, file = _with_empty_split(tmp_path, vocab, "train")
   data = input_pipeline.DataConfig(mixture_or_task_name=names.task_name(name, 6, "cot_label"),

@@ -15,7 +15,8 @@ import pytest
 from cdc_jax import answers
 from cdc_jax.data import records as records_lib
 from cdc_jax.data import synthetic
-from cdc_jax.teacher import backends, launch, prompts, shards, verify
+from cdc_jax.teacher import (backends, jax_backend, launch, oracle_backend, prompts, shards,
+                             verify)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = synthetic.SyntheticConfig(train_size=14, test_size=6, num_towns=30)
@@ -39,19 +40,54 @@ def _subprocess(args: list[str]) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=120, check=False)
 
 
+# The launcher's command line with a fault injected by patching, then SIGKILL:
+# "after_chunks N" once this run committed N chunks; "in_write_of_chunk I" while
+# chunk I's records are written (its temp file full, the committing rename not done).
+_KILLED = """
+import os, signal, sys
+from pathlib import Path
+from cdc_jax.teacher import launch, shards
+fault, n = sys.argv[1], int(sys.argv[2])
+if fault == "after_chunks":
+  commit, committed = shards.ShardWriter.commit_chunk, []
+  def commit_then_die(self, chunk):
+    commit(self, chunk)
+    committed.append(chunk.index)
+    if len(committed) == n:
+      os.kill(os.getpid(), signal.SIGKILL)
+  shards.ShardWriter.commit_chunk = commit_then_die
+else:
+  replace = os.replace
+  def die_before_commit(src, dst, *args, **kwargs):
+    if Path(dst).name == f"chunk-{n:05d}.jsonl":
+      os.kill(os.getpid(), signal.SIGKILL)
+    replace(src, dst, *args, **kwargs)
+  os.replace = die_before_commit
+sys.exit(launch.main(sys.argv[3:]))
+"""
+
+
+def _killed_subprocess(fault: str, n: int, args: list[str]) -> subprocess.CompletedProcess:
+  """``python -m cdc_jax.teacher.launch ARGS`` with ``fault`` at ``n`` (see _KILLED)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-c", _KILLED, fault, str(n), *args], env=env,
+                        capture_output=True, text=True, timeout=120, check=False)
+
+
 def _ids(path: Path) -> list[str]:
   return [r.id for r in records_lib.read_records(path)]
 
 
-@pytest.mark.parametrize("fault,committed", [("--die_after_chunks=2", 2),
-                                             ("--die_in_write_of_chunk=1", 1)])
-def test_killed_run_resumes_to_the_uninterrupted_output(communities, tmp_path, fault, committed):
+@pytest.mark.parametrize("fault,at,committed", [("after_chunks", 2, 2),
+                                                ("in_write_of_chunk", 1, 1)])
+def test_killed_run_resumes_to_the_uninterrupted_output(communities, tmp_path, fault, at,
+                                                        committed):
   inp = communities / "commonsense"
   shard = ["--num_shards", "2", "--shard_index", "1"]
   assert launch.main(_flags(inp, tmp_path / "ref", *shard)) == 0
 
   out = tmp_path / "out"
-  killed = _subprocess(_flags(inp, out, *shard, fault))
+  killed = _killed_subprocess(fault, at, _flags(inp, out, *shard))
   assert killed.returncode == -signal.SIGKILL, killed.stderr
   parts = out / "traces-00001-of-00002.parts"
   assert sorted(p.name for p in parts.glob("chunk-*.jsonl")) == [
@@ -75,7 +111,7 @@ def test_killed_run_resumes_to_the_uninterrupted_output(communities, tmp_path, f
 
 def test_resume_refuses_a_run_with_other_settings(communities, tmp_path):
   inp = communities / "strategy"
-  killed = _subprocess(_flags(inp, tmp_path, "--die_after_chunks=1"))
+  killed = _killed_subprocess("after_chunks", 1, _flags(inp, tmp_path))
   assert killed.returncode == -signal.SIGKILL
   other = _subprocess(_flags(inp, tmp_path, "--levels", "1,6"))
   assert other.returncode == 1
@@ -164,7 +200,7 @@ def test_verify_reports_what_is_wrong(communities, tmp_path):
     verify.write_output_community(tmp_path / "level", questions, tmp_path / "nowhere")
 
 
-class _Flaky(backends.OracleBackend):
+class _Flaky(oracle_backend.OracleBackend):
   """The oracle, but with nothing to say about one question's CoT or its level-1 summary."""
 
   def __init__(self, records, *, empty_cot: str, empty_summary: str):
@@ -247,7 +283,7 @@ def test_shard_assignment_is_balanced_and_order_free():
 
 def test_jax_backend_with_a_tiny_random_model(communities, tmp_path):
   questions = launch.load_questions(communities / "strategy", splits=("test",))
-  backend = backends.JaxBackend.random_tiny()
+  backend = jax_backend.JaxBackend.random_tiny()
   settings = launch.TraceSettings(levels=(1, 6), max_new_tokens=24, summary_max_new_tokens=16)
   result = launch.run_shard(questions, backend, out_dir=tmp_path, chunk_size=3,
                             settings=settings, progress_interval=1e3)
@@ -274,8 +310,8 @@ def test_rationale_is_the_reply_without_its_answer_sentence():
 
 def test_batch_sizes_avoid_padding_but_not_tiny_batches():
   buckets = (1, 2, 4, 8, 16, 32, 64)
-  assert backends.batch_sizes(40, buckets) == [32, 8]  # Not one batch of 64 with 24 pads.
-  assert backends.batch_sizes(80, buckets) == [64, 16]
-  assert backends.batch_sizes(17, buckets) == [17]  # 16 + 1 would add a decode loop for 1 row.
-  assert backends.batch_sizes(0, buckets) == []
-  assert backends.batch_sizes(6, (4,)) == [4, 2]
+  assert jax_backend.batch_sizes(40, buckets) == [32, 8]  # Not one batch of 64 with 24 pads.
+  assert jax_backend.batch_sizes(80, buckets) == [64, 16]
+  assert jax_backend.batch_sizes(17, buckets) == [17]  # 16 + 1 would add a decode loop for 1 row.
+  assert jax_backend.batch_sizes(0, buckets) == []
+  assert jax_backend.batch_sizes(6, (4,)) == [4, 2]

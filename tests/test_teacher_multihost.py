@@ -80,7 +80,8 @@ def test_mesh_shape_flag_is_checked():
     launch.parse_args(["--input", "x", "--out", "y", "--gguf", "a.gguf", "--safetensors", "d"])
   args = launch.parse_args(["--input", "x", "--out", "y", "--mesh_shape", "1,8",
                             "--dtype", "bfloat16"])
-  assert args.mesh_shape == (1, 8) and args.dtype == "bfloat16" and args.kernels == "auto"
+  # An unset flag passes nothing: the Generator's own default ("auto") applies.
+  assert args.mesh_shape == (1, 8) and args.dtype == "bfloat16" and args.kernels is None
   with pytest.raises(SystemExit):
     launch.parse_args(["--input", "x", "--out", "y", "--kernels", "fast"])
   from cdc_jax.models import llama
@@ -99,8 +100,8 @@ def _tiny_hf_dir(path: Path) -> Path:
   import torch
   import transformers
 
-  from cdc_jax.teacher import backends
-  tok = backends.tiny_tokenizer()
+  from cdc_jax.teacher import tiny_model
+  tok = tiny_model.tiny_tokenizer()
   torch.manual_seed(0)
   config = transformers.LlamaConfig(
       vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

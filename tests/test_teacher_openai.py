@@ -30,11 +30,14 @@ import pytest
 
 from cdc_jax.data import records as records_lib
 from cdc_jax.data import synthetic
-from cdc_jax.teacher import backends, batching, chat, launch, prompts, serve, verify
+from cdc_jax.models import llama_chat
+from cdc_jax.teacher import (backends, batching, launch, openai_backend, prompts, serve, tiny_model,
+                             verify)
 from tests import ports
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = backends.RetryPolicy(max_retries=3, backoff_base_s=0.001, backoff_max_s=0.01, timeout_s=30)
+FAST = openai_backend.RetryPolicy(max_retries=3, backoff_base_s=0.001, backoff_max_s=0.01,
+                                  timeout_s=30)
 USER = [{"role": "user", "content": "Is the sky blue?"}]
 LONG = [{"role": "user", "content": "x" * 2100}]  # ~2,130 of the tiny model's 2,304 tokens.
 
@@ -108,11 +111,11 @@ def stub_factory():
 
 @pytest.fixture
 def make_client():
-  """``backends.OpenAIClient(url, retry=FAST)``, closed after the test."""
+  """``openai_backend.OpenAIClient(url, retry=FAST)``, closed after the test."""
   made = []
 
-  def make(url: str, retry: backends.RetryPolicy = FAST) -> Any:
-    made.append(backends.OpenAIClient(url, retry=retry))
+  def make(url: str, retry: openai_backend.RetryPolicy = FAST) -> Any:
+    made.append(openai_backend.OpenAIClient(url, retry=retry))
     return made[-1]
 
   yield make
@@ -131,7 +134,7 @@ def test_retries_429_and_5xx_with_our_backoff_then_succeeds(stub_factory, make_c
   waits = []
 
   @dataclasses.dataclass(frozen=True)
-  class Recorded(backends.RetryPolicy):
+  class Recorded(openai_backend.RetryPolicy):
     def delay(self, attempt, retry_after, rng=None):
       waits.append((attempt, retry_after))
       return 0.0
@@ -140,7 +143,7 @@ def test_retries_429_and_5xx_with_our_backoff_then_succeeds(stub_factory, make_c
                        (503, {"error": {"message": "busy"}}, {}),
                        (200, _reply("ok. The answer is yes."), {})])
   client = make_client(stub.url, Recorded(max_retries=3))
-  backend = backends.OpenAIBackend(client, model="m")
+  backend = openai_backend.OpenAIBackend(client, model="m")
   (out,) = backend.complete([_request()], temperature=0.0, seed=3)
   assert out == backends.Completion("ok. The answer is yes.", 7, 3, True)
   assert waits == [(0, 0.5), (1, None)]  # The SDK's retry loop asked our policy.
@@ -153,7 +156,7 @@ def test_retries_429_and_5xx_with_our_backoff_then_succeeds(stub_factory, make_c
 
 def test_other_4xx_raises_at_once_with_status_and_body(stub_factory, make_client):
   stub = stub_factory([(400, {"error": {"message": "max_tokens too large"}}, {})])
-  backend = backends.OpenAIBackend(make_client(stub.url), model="m")
+  backend = openai_backend.OpenAIBackend(make_client(stub.url), model="m")
   with pytest.raises(backends.TeacherHTTPError, match="HTTP 400.*max_tokens too large") as e:
     backend.complete([_request()], temperature=0.0, seed=0)
   assert e.value.status == 400 and len(stub.requests) == 1
@@ -161,7 +164,7 @@ def test_other_4xx_raises_at_once_with_status_and_body(stub_factory, make_client
 
 def test_gives_up_after_the_last_retry(stub_factory, make_client):
   stub = stub_factory([(500, {"error": {"message": "down"}}, {})] * 4)
-  backend = backends.OpenAIBackend(make_client(stub.url), model="m")
+  backend = openai_backend.OpenAIBackend(make_client(stub.url), model="m")
   with pytest.raises(backends.TeacherHTTPError, match="gave up after 4 attempts.*down") as e:
     backend.complete([_request()], temperature=0.0, seed=0)
   assert e.value.status == 500 and len(stub.requests) == 4
@@ -174,7 +177,7 @@ def test_gives_up_after_the_last_retry(stub_factory, make_client):
 
 
 def test_backoff_doubles_up_to_the_cap():
-  policy = backends.RetryPolicy(backoff_base_s=1.0, backoff_max_s=5.0)
+  policy = openai_backend.RetryPolicy(backoff_base_s=1.0, backoff_max_s=5.0)
 
   class Top:
     def uniform(self, a, b):
@@ -183,7 +186,7 @@ def test_backoff_doubles_up_to_the_cap():
   assert [policy.delay(k, None, Top()) for k in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
   assert policy.delay(0, 2.5, Top()) == 2.5 and policy.delay(0, 60.0, Top()) == 5.0
   with pytest.raises(ValueError, match="retries and backoffs"):
-    backends.RetryPolicy(max_retries=-1)
+    openai_backend.RetryPolicy(max_retries=-1)
 
 
 def test_concurrency_is_bounded_and_order_kept(stub_factory, make_client):
@@ -206,7 +209,7 @@ def test_concurrency_is_bounded_and_order_kept(stub_factory, make_client):
 
   seen: list[str] = []
   stub = stub_factory(handler=handler)
-  backend = backends.OpenAIBackend(make_client(stub.url), model="m",
+  backend = openai_backend.OpenAIBackend(make_client(stub.url), model="m",
                                    concurrency=concurrency)
   texts = [f"q{i}" for i in range(10)]
   out = backend.complete([_request(t) for t in texts], temperature=0.0, seed=0)
@@ -224,7 +227,7 @@ def test_completions_api_and_model_from_the_server(stub_factory, make_client):
                  "object": "text_completion"}, {}
 
   stub = stub_factory(handler=handler)
-  backend = backends.OpenAIBackend(make_client(stub.url), api="completions")
+  backend = openai_backend.OpenAIBackend(make_client(stub.url), api="completions")
   assert backend.teacher == "served-model"
   messages = (prompts.Message("system", "ab"), prompts.Message("user", "cd"))
   req = backends.Request("q", 6, messages, 8)
@@ -237,7 +240,7 @@ def test_completions_api_and_model_from_the_server(stub_factory, make_client):
 
 
 def test_stream_pieces_join_to_the_text_even_across_split_characters():
-  tok = backends.tiny_tokenizer()  # Byte-level: "é" and "🙂" span several tokens.
+  tok = tiny_model.tiny_tokenizer()  # Byte-level: "é" and "🙂" span several tokens.
   for text in ["plain words", "héllo wörld 🙂!", "🙂", ""]:
     ids = tok.encode(text)
     pieces = list(serve.stream_pieces(tok.decode, ids, tok.decode(ids)))
@@ -263,7 +266,7 @@ class FakeGenerator:
     self.config = type("Config", (), {"max_seq_len": 4096})()
     self.new_token_buckets = (64, 256)
     self.tokenizer = FakeTokenizer()
-    self.chat_format = chat.ChatFormat()
+    self.chat_format = llama_chat.ChatFormat()
     self.hold, self.started, self.batches = threading.Event(), threading.Event(), []
     self.hold.set()
 
@@ -385,15 +388,36 @@ def test_a_body_over_the_limit_is_refused_while_read(in_process):
 # ------------------------------------------------ the real server (jax) ----
 
 
-class Served:
-  """``python -m cdc_jax.teacher.serve --random_tiny`` on a free 127.0.0.1 port."""
+# The server's command line, SIGKILLed on the completion request after argv[1] of them.
+_DIES_AFTER_REQUESTS = """
+import itertools, os, signal, sys
+from cdc_jax.teacher import serve
+limit, seen = int(sys.argv[1]), itertools.count(1)
+count = serve.TeacherService.count_request
+def count_or_die(self):
+  count(self)
+  if next(seen) > limit:
+    os.kill(os.getpid(), signal.SIGKILL)
+serve.TeacherService.count_request = count_or_die
+serve.main(sys.argv[2:])
+"""
 
-  def __init__(self, *flags: str, cache: Path):
+
+class Served:
+  """``python -m cdc_jax.teacher.serve --random_tiny`` on a free 127.0.0.1 port.
+
+  With ``die_after_requests`` the server SIGKILLs itself on the completion
+  request after that many (a fault injected by patching, see _DIES_AFTER_REQUESTS).
+  """
+
+  def __init__(self, *flags: str, cache: Path, die_after_requests: int | None = None):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     self.log = (cache.parent / f"serve-{os.getpid()}-{id(self)}.log").open("w")
+    command = (["-m", "cdc_jax.teacher.serve"] if die_after_requests is None
+               else ["-c", _DIES_AFTER_REQUESTS, str(die_after_requests)])
     # Later servers reuse the first one's compiled programs.
     self.proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc_jax.teacher.serve", "--random_tiny", "--port", "0",
+        [sys.executable, *command, "--random_tiny", "--port", "0",
          "--jax_cache_dir", str(cache), *flags],
         stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
     line = self.proc.stdout.readline()  # Blocks until the port is bound.
@@ -574,7 +598,7 @@ def test_launcher_resumes_after_the_server_is_killed(tmp_path, served, jax_cache
            "--summary_max_new_tokens", "16", "--concurrency", "2", "--max_retries", "2",
            "--backoff_base_s", "0.001", "--progress_interval", "1000"]
   # 3 chunks of 2 questions, 4 requests each: the server dies on request 6, in chunk 1.
-  first = Served("--die_after_requests", "5", cache=jax_cache)
+  first = Served(cache=jax_cache, die_after_requests=5)
   try:
     assert launch.main([*flags, "--base_url", first.url]) == 1
     assert first.stop() == -signal.SIGKILL
@@ -583,7 +607,7 @@ def test_launcher_resumes_after_the_server_is_killed(tmp_path, served, jax_cache
   parts = tmp_path / "out" / "traces-00000-of-00001.parts"
   assert [p.name for p in sorted(parts.glob("chunk-*.jsonl"))] == ["chunk-00000.jsonl"]
 
-  client = backends.OpenAIClient(served.url, retry=FAST)  # Resumed against another server.
+  client = openai_backend.OpenAIClient(served.url, retry=FAST)  # Resumed against another server.
   with pytest.raises(backends.TeacherHTTPError, match="HTTP 400.*exceed the model's context"):
     client.chat(model="tiny_random", messages=LONG, max_tokens=250, temperature=0.0, seed=0)
   client.close()

@@ -12,8 +12,9 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import json, os
     import jax, numpy as np
     from jax.sharding import PartitionSpec as P
-    from cdc_jax import input_pipeline, optimizers, partitioning
-    from cdc_jax.trainer import Trainer, TrainerConfig
+    from cdc_jax.models import partitioning
+    from cdc_jax.student import input_pipeline, optimizers
+    from cdc_jax.student.trainer import Trainer, TrainerConfig
     from cdc_jax.models.encoder_decoder import build_model
     from cdc_jax.models.t5_config import t5_config
     from cdc_jax.tasks import catalog

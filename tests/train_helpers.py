@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from cdc_jax.data import records as R
 
@@ -35,6 +36,65 @@ def tiny_train_args(model_dir: Path, task: str, *, steps: int, extra: tuple[str,
           f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=8",
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 48}", "--gin.LOG_EVERY=2",
           *extra]
+
+
+def train_settings(*, learning_rate: float = 1e-2, adamw: bool = False,
+                   **overrides: Any) -> dict[str, Any]:
+  """The settings ``training.train`` requires beside model, task, lengths, batch, steps and dir.
+
+  The signature has no defaults (gin/runs/train.gin holds the values): these
+  are the tests' (Adafactor, or AdamW, which compiles faster, on a constant
+  ``learning_rate``; no consent check; tasks registered by the test); ``overrides``
+  replace some.
+  """
+  from cdc_jax.student import optimizers
+
+  schedule = optimizers.constant_schedule(learning_rate=learning_rate)
+  optimizer = (optimizers.adamw if adamw else optimizers.adafactor)(learning_rate=schedule)
+  settings = dict(optimizer=optimizer, learning_rate_fn=schedule, pack=True, seed=0,
+                  mesh_shape=(-1, 1), accumulation_steps=1, checkpoint_every=1000,
+                  keep_checkpoints=3, log_every=50, init_from=None, check_training_data=None,
+                  register_tasks=None)
+  settings.update(overrides)
+  return settings
+
+
+def eval_settings(**overrides: Any) -> dict[str, Any]:
+  """The decoding settings ``evaluation.evaluate`` requires (gin/runs/eval.gin holds the values)."""
+  return {"batch_size": 4, "split": "test", "num_beams": 1, "mesh_shape": (-1, 1),
+          "register_tasks": None, **overrides}
+
+
+def infer_settings(**overrides: Any) -> dict[str, Any]:
+  """The settings ``inference.infer`` requires (gin/runs/infer.gin holds the values)."""
+  return {"batch_size": 2, "num_beams": 1, "input_format": "auto", "fmt": "cot_label",
+          "part": None, "spm_model": None, "extra_ids": 0, "mesh_shape": (-1, 1),
+          "register_tasks": None, **overrides}
+
+
+# Runs ``cdc_jax.train``'s command line with ``Checkpointer.save`` patched to SIGKILL the
+# process right after it saved step argv[1]: a preemption at the worst time but one.
+_KILLED_AFTER_CHECKPOINT = """
+import os, signal, sys
+from cdc_jax import train  # First: it sets the TF environment of the command line.
+from cdc_jax.student import checkpoints
+kill_at = int(sys.argv[1])
+save = checkpoints.Checkpointer.save
+def save_then_die(self, step, state, meta):
+  save(self, step, state, meta)
+  if step == kill_at:
+    os.kill(os.getpid(), signal.SIGKILL)
+checkpoints.Checkpointer.save = save_then_die
+train.main(sys.argv[2:])
+"""
+
+
+def run_train_killed_after_checkpoint(step: int, args: list[str], *, env: dict | None = None,
+                                      timeout: int = 300) -> subprocess.CompletedProcess:
+  """``python -m cdc_jax.train ARGS``, SIGKILLed right after saving the checkpoint of ``step``."""
+  full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+  return subprocess.run([sys.executable, "-c", _KILLED_AFTER_CHECKPOINT, str(step), *args],
+                        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 def run_module(module: str, args: list[str], *, env: dict | None = None,

@@ -1,7 +1,12 @@
-"""Coalition experiments: the results table, incentives and cooperative games.
+"""Coalition experiments: sweeps, the results table, incentives and cooperative games.
 
-Importing this package is light (numpy only, no JAX): the analysis runs
-wherever the sweep's results are. See docs/incentives.md for the formulas.
+Modules: ``experiment`` (one coalition run), ``sweep`` (the grid), ``runner``
+(runs a sweep directory's runs and writes its tables; shared by sweeps and
+withdrawal), ``results`` and ``examples`` (what runs wrote), ``bootstrap`` and
+``analysis`` (paired intervals), ``incentives`` and ``games``, ``tables``,
+``report`` and ``figures`` (the report). Importing this package is light
+(numpy only, no JAX): the analysis runs wherever the sweep's results are. See
+docs/incentives.md for the formulas.
 """
 
 from cdc_jax.coalitions.analysis import SettingAnalysis, analyse

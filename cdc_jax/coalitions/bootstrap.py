@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -189,8 +189,13 @@ def game_values(boot: Bootstrap, players: Sequence[str], *,
   return out
 
 
-def shapley(values: Mapping[Coalition, np.ndarray], players: Sequence[str]) -> dict[str, np.ndarray]:
-  """Exact Shapley values of replicated games (linear in ``v``, so one pass)."""
+def _weighted_marginals(values: Mapping[Coalition, np.ndarray], players: Sequence[str],
+                        weight: Callable[[int, int], float]) -> dict[str, np.ndarray]:
+  """``sum_S weight(|S|, k) * (v(S + i) - v(S))`` over ``S`` without ``i``, per player ``i``.
+
+  Shapley and Banzhaf values are both linear in ``v``, so one pass over the
+  coalitions gives them for every replicate at once.
+  """
   k = len(players)
   zero = np.zeros_like(next(iter(values.values())))
   out = {}
@@ -198,7 +203,7 @@ def shapley(values: Mapping[Coalition, np.ndarray], players: Sequence[str]) -> d
     others = [p for p in players if p != i]
     total = zero.copy()
     for size in range(k):
-      w = math.factorial(size) * math.factorial(k - size - 1) / math.factorial(k)
+      w = weight(size, k)
       for s in itertools.combinations(others, size):
         s = frozenset(s)
         total += w * (values[s | {i}] - (values[s] if s else zero))
@@ -206,20 +211,17 @@ def shapley(values: Mapping[Coalition, np.ndarray], players: Sequence[str]) -> d
   return out
 
 
-def banzhaf(values: Mapping[Coalition, np.ndarray], players: Sequence[str]) -> dict[str, np.ndarray]:
+def shapley(values: Mapping[Coalition, np.ndarray],
+            players: Sequence[str]) -> dict[str, np.ndarray]:
+  """Exact Shapley values of replicated games."""
+  return _weighted_marginals(values, players, lambda size, k: (
+      math.factorial(size) * math.factorial(k - size - 1) / math.factorial(k)))
+
+
+def banzhaf(values: Mapping[Coalition, np.ndarray],
+            players: Sequence[str]) -> dict[str, np.ndarray]:
   """Raw Banzhaf values of replicated games."""
-  k = len(players)
-  zero = np.zeros_like(next(iter(values.values())))
-  out = {}
-  for i in players:
-    others = [p for p in players if p != i]
-    total = zero.copy()
-    for size in range(k):
-      for s in itertools.combinations(others, size):
-        s = frozenset(s)
-        total += values[s | {i}] - (values[s] if s else zero)
-    out[i] = total / 2 ** (k - 1)
-  return out
+  return _weighted_marginals(values, players, lambda size, k: 1 / 2 ** (k - 1))
 
 
 def core_deficits(values: Mapping[Coalition, np.ndarray],

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cdc_jax import io as io_lib
 from cdc_jax.coalitions import bootstrap, examples
 from cdc_jax.data import records as records_lib
 
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"  chance {c['chance']:.3f} (uniform {c['uniform']:.3f}; majority answer "
           f"{c['majority_answer']!r} {c['majority']:.3f})")
   if args.out:
-    records_lib.atomic_write_text(args.out, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    io_lib.atomic_write_text(args.out, json.dumps(result, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

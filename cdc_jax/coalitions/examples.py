@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from cdc_jax import answers as answers_lib
+from cdc_jax import io as io_lib
 from cdc_jax.coalitions.results import EXAMPLES_FILENAME, ResultError, RunResult
 from cdc_jax.data import records
 
@@ -45,7 +46,6 @@ class ExampleOutcome:
     return dataclasses.asdict(self)
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(ExampleOutcome)}
 _CHECKS = {
     "community": lambda v: isinstance(v, str) and bool(v),
     "id": lambda v: isinstance(v, str) and bool(v),
@@ -58,23 +58,18 @@ _CHECKS = {
 }
 
 
-def _parse(obj: Any, path: Path, line: int, *, with_run: bool) -> tuple[str | None, ExampleOutcome]:
-  if not isinstance(obj, dict):
-    raise ResultError(path, line, None, f"expected a JSON object, got {type(obj).__name__}")
-  obj = dict(obj)
-  run = obj.pop("run", None)
-  if with_run and not (isinstance(run, str) and run):
-    raise ResultError(path, line, "run", "expected the run id (a non-empty string)")
-  unknown = sorted(set(obj) - set(_FIELDS))
-  if unknown:
-    raise ResultError(path, line, unknown[0], f"unknown field (expected {sorted(_FIELDS)})")
-  for name in ("community", "id", "correct"):
-    if name not in obj:
-      raise ResultError(path, line, name, "missing")
-  for name, value in obj.items():
+def _parse(obj: Any, *, with_run: bool) -> tuple[str | None, ExampleOutcome]:
+  """One line's run (None without one) and outcome; raises io_lib.FieldError."""
+  run = obj.get("run") if isinstance(obj, dict) else None
+  if with_run:
+    io_lib.require_str("run", run)
+  fields = io_lib.check_fields(
+      {k: v for k, v in obj.items() if k != "run"} if isinstance(obj, dict) else obj,
+      ExampleOutcome)
+  for name, value in fields.items():
     if not _CHECKS[name](value):
-      raise ResultError(path, line, name, f"invalid value {value!r}")
-  return run, ExampleOutcome(**obj)
+      raise io_lib.FieldError(name, f"invalid value {value!r}")
+  return run, ExampleOutcome(**fields)
 
 
 def read_examples(path: str | os.PathLike) -> dict[str | None, list[ExampleOutcome]]:
@@ -84,21 +79,14 @@ def read_examples(path: str | os.PathLike) -> dict[str | None, list[ExampleOutco
   for a bad line or a (run, community, id) that appears twice.
   """
   path = Path(path)
-  try:
-    text = path.read_text(encoding="utf-8")
-  except FileNotFoundError:
-    raise ResultError(path, None, None, "file not found") from None
   out: dict[str | None, list[ExampleOutcome]] = collections.defaultdict(list)
   seen: dict[tuple, int] = {}
   with_run = None
-  for number, line in enumerate(text.splitlines(), start=1):
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ResultError(path, number, None, f"invalid JSON: {e.msg} (column {e.colno})") from None
+  for number, obj in io_lib.iter_json_lines(path, error=ResultError, what="outcome"):
     if with_run is None:
       with_run = isinstance(obj, dict) and "run" in obj
-    run, outcome = _parse(obj, path, number, with_run=with_run)
+    with io_lib.located(path, number, error=ResultError):
+      run, outcome = _parse(obj, with_run=with_run)
     key = (run, outcome.community, outcome.id)
     if key in seen:
       raise ResultError(path, number, "id", f"example {outcome.id!r} of {outcome.community!r} "
@@ -115,7 +103,7 @@ def examples_to_jsonl(outcomes: Iterable[ExampleOutcome], run: str | None = None
 
 def write_examples(path: str | os.PathLike, outcomes: Sequence[ExampleOutcome]) -> int:
   """Atomically writes one run's outcomes; returns the count written."""
-  records.atomic_write_text(path, examples_to_jsonl(outcomes))
+  io_lib.atomic_write_text(path, examples_to_jsonl(outcomes))
   return len(outcomes)
 
 
@@ -188,5 +176,5 @@ def write_sweep_examples(path: str | os.PathLike,
                          examples: Mapping[str, Sequence[ExampleOutcome]]) -> int:
   """Atomically writes every run's outcomes (with ``run``) into one file; returns lines."""
   text = "".join(examples_to_jsonl(examples[run], run) for run in sorted(examples))
-  records.atomic_write_text(path, text)
+  io_lib.atomic_write_text(path, text)
   return sum(len(v) for v in examples.values())

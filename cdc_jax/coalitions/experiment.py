@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from cdc_jax import compilation_cache, names
+from cdc_jax import io as io_lib
 
 RUN_CONFIG = "run.json"
 
@@ -129,7 +130,7 @@ def run_coalition(spec: CoalitionSpec, run_dir: str | os.PathLike, *,
   :func:`cdc_jax.evaluate.evaluate` with everything but the task, directories
   and seed bound (by gin in the CLI).
   """
-  from cdc_jax import checkpoints
+  from cdc_jax.student import checkpoints
   from cdc_jax.coalitions import results
   from cdc_jax.tasks import registry
 
@@ -193,7 +194,7 @@ def write_run_config(run_dir: str | os.PathLike, spec: CoalitionSpec, *,
   from cdc_jax.data import records as records_lib
 
   path = Path(run_dir) / RUN_CONFIG
-  records_lib.atomic_write_text(path, json.dumps(
+  io_lib.atomic_write_text(path, json.dumps(
       {"spec": spec.to_json(), "gin_files": list(gin_files), "gin_bindings": list(gin_bindings)},
       indent=2, sort_keys=True) + "\n")
   return path

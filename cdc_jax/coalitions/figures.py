@@ -7,6 +7,7 @@ Each ``plot_*`` function writes one PNG and returns its path, or raises
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -19,9 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 from cdc_jax import names  # noqa: E402
 from cdc_jax.coalitions import incentives  # noqa: E402
 from cdc_jax.coalitions.incentives import Coalition, SeedAverage, Setting  # noqa: E402
+from cdc_jax.coalitions.results import RunResult  # noqa: E402
 
 _DPI = 110
 _MARKERS = "osD^v<>"
+# Key-token runs record k in ``selection`` (cdc_jax.contribution.variants.key_tokens_selection).
+_K_SELECTION = re.compile(r"key_tokens(?::(?P<selector>[a-z][a-z0-9_]*))?:k=(?P<k>[0-9]+)\Z")
+K_FILENAME = "key_tokens_k.png"
 
 
 class MissingRuns(Exception):
@@ -35,6 +40,17 @@ def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
   fig.savefig(path, dpi=_DPI)
   plt.close(fig)
   return path
+
+
+def _save_curves(fig: plt.Figure, ax: plt.Axes, path: str | os.PathLike, *, xlabel: str,
+                 title: str) -> Path:
+  """Labels a figure of test-accuracy curves (one per member and coalition) and saves it."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("test accuracy")
+  ax.set_title(title)
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  return _save(fig, path)
 
 
 def _colors(keys: Sequence[str]) -> dict[str, tuple]:
@@ -247,9 +263,71 @@ def plot_privacy(averages: Sequence[SeedAverage], path: str | os.PathLike) -> Pa
   ax.set_xticks(sorted({e for points in lines.values() for e in points}))
   ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
   ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-  ax.set_xlabel("privacy budget eps (dotted: no privacy)")
-  ax.set_ylabel("test accuracy")
-  ax.set_title("privacy-utility curve")
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3)
-  return _save(fig, path)
+  return _save_curves(fig, ax, path, xlabel="privacy budget eps (dotted: no privacy)",
+                      title="privacy-utility curve")
+
+
+def parse_k(selection: str | None) -> tuple[str, int] | None:
+  """``(selector, k)`` of a key_tokens selection string, else None.
+
+  >>> parse_k("key_tokens:k=4"), parse_k("key_tokens:attribution:k=2"), parse_k(None)
+  (('salience', 4), ('attribution', 2), None)
+  """
+  match = _K_SELECTION.match(selection or "")
+  if not match:
+    return None
+  return match["selector"] or "salience", int(match["k"])
+
+
+def k_points(rows: Sequence[RunResult]) -> dict[tuple, dict[int, float]]:
+  """(community, members, level, selector) -> {k: seed-averaged accuracy} of natural mixtures."""
+  lines: dict[tuple, dict[int, float]] = {}
+  for average in incentives.average_over_seeds(rows):
+    parsed = parse_k(average.setting.selection)
+    if parsed is None or average.setting.format != "key_tokens" or average.mixture is not None:
+      continue
+    selector, k = parsed
+    for member in average.members:
+      key = (member, average.members, average.setting.level, selector)
+      lines.setdefault(key, {})[k] = average.accuracy[member]
+  return lines
+
+
+def plot_accuracy_vs_k(rows: Sequence[RunResult], path: str | os.PathLike) -> Path:
+  """Accuracy vs tokens shared: the key-token budget k of a sweep's key_tokens runs.
+
+  One line per (community, coalition, level, selector), averaged over seeds;
+  where the sweep also has the same coalition's ``label_cot`` run (the whole
+  rationale shared) and ``label_only`` run (none), they are drawn as dotted
+  and dashed reference lines. Raises ``MissingRuns`` without key_tokens runs with k.
+  """
+  lines = k_points(rows)
+  if not lines:
+    raise MissingRuns(
+        "needs key_tokens runs whose selection records k ('key_tokens:k=4')")
+  references = {}
+  for average in incentives.average_over_seeds(rows):
+    if average.setting.format in ("label_cot", "label_only") and average.mixture is None \
+        and average.setting.eps is None and average.setting.selection is None:
+      for member in average.members:
+        references[(member, average.members, average.setting.level,
+                    average.setting.format)] = average.accuracy[member]
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  colors = plt.get_cmap("tab10")
+  for i, (key, points) in enumerate(sorted(lines.items(), key=lambda kv: str(kv[0]))):
+    member, members, level, selector = key
+    ks = sorted(points)
+    color = colors(i % 10)
+    ax.plot(ks, [points[k] for k in ks], marker="o", color=color,
+            label=f"{member} in {incentives.coalition_name(members)} L{level} {selector}")
+    for fmt, style in (("label_cot", ":"), ("label_only", "--")):
+      if (member, members, level, fmt) in references:
+        ax.axhline(references[(member, members, level, fmt)], color=color, linestyle=style,
+                   linewidth=1)
+  all_k = sorted({k for points in lines.values() for k in points})
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(all_k)
+  ax.set_xticklabels([str(k) for k in all_k])
+  return _save_curves(fig, ax, path,
+                      xlabel="rationale words shared k (dotted: whole rationale, dashed: none)",
+                      title="accuracy vs tokens shared")

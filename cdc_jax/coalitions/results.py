@@ -21,13 +21,12 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from cdc_jax import io as io_lib
 from cdc_jax import names
-from cdc_jax.data import records
 
 RESULT_FILENAME = "result.json"
 TABLE_FILENAME = "results.jsonl"
@@ -36,22 +35,8 @@ _PROPORTION_TOLERANCE = 1e-6
 BASELINE_RUNS = (None, "zero_shot")
 
 
-class ResultError(ValueError):
-  """A results row that does not follow the schema."""
-
-  def __init__(self, path: str | os.PathLike, line: int | None, field: str | None, message: str):
-    self.path, self.line, self.field = str(path), line, field
-    where = self.path if line is None else f"{self.path}:{line}"
-    what = f"field '{field}': " if field else ""
-    super().__init__(f"{where}: {what}{message}")
-
-
-class _FieldError(ValueError):
-  """A schema error in one field; readers add the file and line."""
-
-  def __init__(self, field: str | None, message: str):
-    self.field, self.message = field, message
-    super().__init__(f"field '{field}': {message}" if field else message)
+class ResultError(io_lib.SchemaError):
+  """A results row that does not follow the schema (``path:line: field 'f': ...``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,14 +80,15 @@ class RunResult:
   def __post_init__(self):
     # Normalise containers so equal runs compare equal whatever the writer passed.
     if isinstance(self.members, str) or not isinstance(self.members, Sequence):
-      raise _FieldError("members", f"expected a list of community names, got {self.members!r}")
+      raise io_lib.FieldError("members",
+                              f"expected a list of community names, got {self.members!r}")
     object.__setattr__(self, "members", tuple(sorted(self.members)))
     for field in ("accuracy", "num_examples", "train_examples", "proportions"):
       value = getattr(self, field)
       if value is None and field == "proportions":
         continue
       if not isinstance(value, Mapping):
-        raise _FieldError(field, f"expected an object community -> number, got {value!r}")
+        raise io_lib.FieldError(field, f"expected an object community -> number, got {value!r}")
       object.__setattr__(self, field, dict(sorted(value.items())))
     if isinstance(self.eps, int) and not isinstance(self.eps, bool):
       object.__setattr__(self, "eps", float(self.eps))
@@ -123,97 +109,61 @@ class RunResult:
 
   @classmethod
   def from_json(cls, obj: Any) -> RunResult:
-    """Builds a row from a JSON object, raising _FieldError on schema errors."""
-    if not isinstance(obj, dict):
-      raise _FieldError(None, f"expected a JSON object, got {type(obj).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(obj) - set(fields))
-    if unknown:
-      raise _FieldError(unknown[0], f"unknown field (expected {sorted(fields)})")
-    for name, field in fields.items():
-      if name not in obj and field.default is dataclasses.MISSING:
-        raise _FieldError(name, "missing")
-    return cls(**obj)
-
-
-def _is_int(value: object) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-  return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    """Builds a row from a JSON object, raising io_lib.FieldError on schema errors."""
+    return cls(**io_lib.check_fields(obj, cls))
 
 
 def _validate(row: RunResult) -> None:
-  """Raises _FieldError for the first field of ``row`` that breaks the schema."""
-  if not isinstance(row.run, str) or not row.run.strip():
-    raise _FieldError("run", "expected a non-empty string")
+  """Raises io_lib.FieldError for the first field of ``row`` that breaks the schema."""
+  io_lib.require_str("run", row.run)
   if not row.members:
-    raise _FieldError("members", "a coalition needs at least one community")
+    raise io_lib.FieldError("members", "a coalition needs at least one community")
   for member in row.members:
-    try:
-      names.validate_name(member)
-    except ValueError as e:
-      raise _FieldError("members", str(e)) from None
+    io_lib.check("members", names.validate_name, member)
   if len(set(row.members)) != len(row.members):
-    raise _FieldError("members", f"duplicate community in {list(row.members)}")
-  for field, check in (("level", names.validate_level), ("format", names.validate_format)):
-    try:
-      check(getattr(row, field))
-    except ValueError as e:
-      raise _FieldError(field, str(e)) from None
-  if not _is_int(row.seed):
-    raise _FieldError("seed", f"expected an integer, got {row.seed!r}")
+    raise io_lib.FieldError("members", f"duplicate community in {list(row.members)}")
+  io_lib.check("level", names.validate_level, row.level)
+  io_lib.check("format", names.validate_format, row.format)
+  io_lib.require_int("seed", row.seed)
   members = set(row.members)
   if row.proportions is not None:
-    if set(row.proportions) != members:
-      raise _FieldError("proportions", f"keys {sorted(row.proportions)} are not the members "
-                        f"{sorted(members)}")
-    if not all(_is_number(p) and 0 <= p <= 1 for p in row.proportions.values()):
-      raise _FieldError("proportions", "expected numbers in [0, 1]")
+    _require_members("proportions", row.proportions, members)
+    for community, p in row.proportions.items():
+      io_lib.require_number("proportions", p, low=0, high=1, key=community)
     if abs(sum(row.proportions.values()) - 1) > _PROPORTION_TOLERANCE:
-      raise _FieldError("proportions", f"sum to {sum(row.proportions.values())}, expected 1")
-  if row.eps is not None and not (_is_number(row.eps) and row.eps > 0):
-    raise _FieldError("eps", f"expected a positive finite number or null, got {row.eps!r}")
-  if row.selection is not None and (not isinstance(row.selection, str) or not row.selection):
-    raise _FieldError("selection", f"expected a non-empty string or null, got {row.selection!r}")
-  if row.baseline not in BASELINE_RUNS:
-    raise _FieldError("baseline", f"expected one of {BASELINE_RUNS}, got {row.baseline!r}")
+      raise io_lib.FieldError("proportions",
+                              f"sum to {sum(row.proportions.values())}, expected 1")
+  io_lib.require_number("eps", row.eps, low=0, low_open=True, optional=True)
+  io_lib.require_str("selection", row.selection, optional=True)
+  io_lib.require_one_of("baseline", row.baseline, BASELINE_RUNS)
   for community, value in row.accuracy.items():
-    try:
-      names.validate_name(community)
-    except ValueError as e:
-      raise _FieldError("accuracy", str(e)) from None
-    if not (_is_number(value) and 0 <= value <= 1):
-      raise _FieldError("accuracy", f"{community}: expected a number in [0, 1], got {value!r}")
+    io_lib.check("accuracy", names.validate_name, community)
+    io_lib.require_number("accuracy", value, low=0, high=1, key=community)
   missing = sorted(members - set(row.accuracy))
   if missing:
-    raise _FieldError("accuracy", f"members {missing} were not evaluated")
+    raise io_lib.FieldError("accuracy", f"members {missing} were not evaluated")
   if set(row.num_examples) != set(row.accuracy):
-    raise _FieldError("num_examples", f"keys {sorted(row.num_examples)} differ from accuracy's "
-                      f"{sorted(row.accuracy)}")
-  if not all(_is_int(n) and n > 0 for n in row.num_examples.values()):
-    raise _FieldError("num_examples", "expected positive integers")
-  if set(row.train_examples) != members:
-    raise _FieldError("train_examples", f"keys {sorted(row.train_examples)} are not the members "
-                      f"{sorted(members)}")
-  if not all(_is_int(n) and n >= 0 for n in row.train_examples.values()):
-    raise _FieldError("train_examples", "expected non-negative integers")
-  if not (_is_int(row.steps) and row.steps >= 0):
-    raise _FieldError("steps", f"expected a non-negative integer, got {row.steps!r}")
-  if not (_is_number(row.wall_s) and row.wall_s >= 0):
-    raise _FieldError("wall_s", f"expected a non-negative number, got {row.wall_s!r}")
+    raise io_lib.FieldError("num_examples", f"keys {sorted(row.num_examples)} differ from "
+                            f"accuracy's {sorted(row.accuracy)}")
+  for community, n in row.num_examples.items():
+    io_lib.require_int("num_examples", n, low=1, key=community)
+  _require_members("train_examples", row.train_examples, members)
+  for community, n in row.train_examples.items():
+    io_lib.require_int("train_examples", n, low=0, key=community)
+  io_lib.require_int("steps", row.steps, low=0)
+  io_lib.require_number("wall_s", row.wall_s, low=0)
+
+
+def _require_members(field: str, mapping: Mapping[str, Any], members: set[str]) -> None:
+  if set(mapping) != members:
+    raise io_lib.FieldError(field, f"keys {sorted(mapping)} are not the members {sorted(members)}")
 
 
 def parse_result(obj: Any, *, path: str | os.PathLike = "<object>",
                  line: int | None = None) -> RunResult:
   """Validates one JSON object as a RunResult; errors name ``path:line``."""
-  try:
+  with io_lib.located(path, line, error=ResultError):
     return RunResult.from_json(obj)
-  except _FieldError as e:
-    raise ResultError(path, line, e.field, e.message) from None
-  except TypeError as e:
-    raise ResultError(path, line, None, str(e)) from None
 
 
 def _check_unique(rows: Sequence[RunResult], where: Sequence[tuple[Path, int | None]]) -> None:
@@ -229,18 +179,8 @@ def _check_unique(rows: Sequence[RunResult], where: Sequence[tuple[Path, int | N
 def read_results(path: str | os.PathLike) -> list[RunResult]:
   """Reads a JSON Lines results table, validating every line; run ids must be unique."""
   path = Path(path)
-  try:
-    text = path.read_text(encoding="utf-8")
-  except FileNotFoundError:
-    raise ResultError(path, None, None, "file not found") from None
   rows, where = [], []
-  for number, line in enumerate(text.splitlines(), start=1):
-    if not line.strip():
-      raise ResultError(path, number, None, "empty line (one result a line, no blank lines)")
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ResultError(path, number, None, f"invalid JSON: {e.msg} (column {e.colno})") from None
+  for number, obj in io_lib.iter_json_lines(path, error=ResultError, what="result"):
     rows.append(parse_result(obj, path=path, line=number))
     where.append((path, number))
   _check_unique(rows, where)
@@ -256,14 +196,14 @@ def write_results(path: str | os.PathLike, rows: Iterable[RunResult]) -> int:
   """Atomically writes ``rows`` as JSON Lines; returns the count written."""
   rows = list(rows)
   _check_unique(rows, [(Path(path), None)] * len(rows))
-  records.atomic_write_text(path, results_to_jsonl(rows))
+  io_lib.atomic_write_text(path, results_to_jsonl(rows))
   return len(rows)
 
 
 def write_result(run_dir: str | os.PathLike, row: RunResult) -> Path:
   """Atomically writes one run's ``result.json`` into its directory; returns the path."""
   path = Path(run_dir) / RESULT_FILENAME
-  records.atomic_write_text(path, json.dumps(row.to_json(), sort_keys=True, indent=1) + "\n")
+  io_lib.atomic_write_text(path, json.dumps(row.to_json(), sort_keys=True, indent=1) + "\n")
   return path
 
 
@@ -295,7 +235,7 @@ def write_results_csv(path: str | os.PathLike, rows: Iterable[RunResult]) -> int
       values = getattr(row, field) or {}
       cells.extend(values.get(c, "") for c in communities)
     writer.writerow(cells)
-  records.atomic_write_text(path, buffer.getvalue())
+  io_lib.atomic_write_text(path, buffer.getvalue())
   return len(rows)
 
 

@@ -14,6 +14,13 @@ Submodules (import them directly; this package imports nothing heavy):
   ``allocation_sweep``: a policy vs random at equal tokens.
 - ``figures``: accuracy vs tokens shared (k).
 
-Consent and withdrawal live in ``cdc_jax.consent``, ``cdc_jax.withdraw`` and
-``cdc_jax.audit``. Formulas and choices: docs/contribution_controls.md.
+- ``consent``: the consent registry and its ledger (withdraw, reinstate), and
+  the checks of what a run used against it; ``training_manifest``: what each
+  training run used (written by training, which refuses withdrawn data).
+- ``withdraw``: withdrawal from a sweep (stale runs, re-runs without the data,
+  the undo), with ``sweep_usage`` (which runs used what); ``audit``: a
+  checkpoint against current consents. Command lines: ``python -m
+  cdc_jax.withdraw`` and ``python -m cdc_jax.audit``.
+
+Formulas and choices: docs/contribution_controls.md.
 """

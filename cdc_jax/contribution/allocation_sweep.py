@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from cdc_jax import sweep as sweep_lib
 from cdc_jax.coalitions import results
+from cdc_jax.coalitions import sweep as sweep_lib
 from cdc_jax.contribution import rewards, selection, variants
 from cdc_jax.contribution.allocation import GapBand
 from cdc_jax.contribution.budgets import Budget, TokenCounter
@@ -122,8 +121,8 @@ def run_allocation_sweep(*, spec: sweep_lib.SweepSpec, sweep_dir: str,
     spm_model, vocabulary: the runs' SentencePiece model, or their vocabulary itself (e.g. a
       decoder-only student's ``llama_vocabulary``): tokens are counted and scored with it.
     student, reference, count_tokens: replace the model-backed rewards and counter (tests).
-    workers, dry_run: as for :func:`cdc_jax.sweep.run_sweep`.
-    run_sweep_fn: replaces :func:`cdc_jax.sweep.run_sweep` (tests).
+    workers, dry_run: as for :func:`cdc_jax.coalitions.sweep.run_sweep`.
+    run_sweep_fn: replaces :func:`cdc_jax.coalitions.sweep.run_sweep` (tests).
   """
   spec = dataclasses.replace(spec, levels=(level,), formats=(fmt,))
   by_name = {records_lib.read_manifest(m).name: m for m in source_communities}
@@ -168,20 +167,9 @@ def run_allocation_sweep(*, spec: sweep_lib.SweepSpec, sweep_dir: str,
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Runs the gin-configured ``run_allocation_sweep``."""
-  import argparse
-
   from cdc_jax import config_cli
 
-  bindings, rest = config_cli.split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  config_cli.add_gin_flags(parser)
-  parser.add_argument("--workers", type=int, default=None, help="local worker processes")
-  parser.add_argument("--dry_run", action="store_true", help="print one command per run")
-  args = parser.parse_args(rest)
-  config_cli.parse_gin(args.gin_file, bindings, args.gin_search_path)
-  overrides: dict[str, object] = {"dry_run": args.dry_run}
-  if args.workers is not None:
-    overrides["workers"] = args.workers
+  _, overrides = config_cli.parse_sweep_flags(argv, description=__doc__.split("\n")[0])
   config_cli.configured("cdc_jax.contribution.allocation_sweep", "run_allocation_sweep")(
       **overrides)
 

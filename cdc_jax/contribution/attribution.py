@@ -154,13 +154,13 @@ def make_attribution_selector(*, model: EncoderDecoderModel, vocabulary: Any,
   """The attribution selector of a trained student.
 
   Give ``params`` or a ``checkpoint`` (a model dir or step dir, read with
-  :func:`cdc_jax.checkpoints.restore_params`); ``vocabulary`` must be the one
+  :func:`cdc_jax.student.checkpoints.restore_params`); ``vocabulary`` must be the one
   the student was trained with.
   """
   if (params is None) == (checkpoint is None):
     raise ValueError("give exactly one of params= or checkpoint=")
   if params is None:
-    from cdc_jax import checkpoints
+    from cdc_jax.student import checkpoints
 
     params, _ = checkpoints.restore_params(checkpoint)
   return AttributionSelector(model, jax.tree.map(jnp.asarray, params), vocabulary,

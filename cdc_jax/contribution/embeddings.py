@@ -31,6 +31,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from cdc_jax import io as io_lib
+
 WORD_TOKEN_MARKER = "Ġ"  # byte-level BPE's encoding of a leading space
 _CANDIDATE = re.compile(r"Ġ([A-Za-z]{2,})\Z")
 _VOWEL = re.compile(r"[aeiouyAEIOUY]")
@@ -127,7 +129,7 @@ def _cache_path(gguf_path: Path, num_candidates: int, cache_dir: Path) -> Path:
 
 
 def _build_candidates(gguf_path: Path, num_candidates: int):
-  from cdc_jax.teacher import llama_weights
+  from cdc_jax.models import llama_weights
 
   reader = llama_weights.open_gguf(gguf_path)
   tokens = list(llama_weights.gguf_field(reader, "tokenizer.ggml.tokens"))
@@ -150,10 +152,11 @@ class _TeacherWords:
 
   def __call__(self, word: str) -> np.ndarray | None:
     if self._table is None:
-      from cdc_jax.teacher import llama_weights, tokenizer
+      from cdc_jax.models import llama_tokenizer, llama_weights
 
       reader = llama_weights.open_gguf(self.gguf_path)
-      self._table, self._tokenizer = _token_embd(reader), tokenizer.tokenizer_from_gguf(reader)
+      self._table = _token_embd(reader)
+      self._tokenizer = llama_tokenizer.tokenizer_from_gguf(reader)
     tok = self._tokenizer
     ids = tok.encode(" " + word)
     if tok.add_bos and ids and ids[0] == tok.bos_id:
@@ -174,10 +177,8 @@ def teacher_word_embeddings(gguf_path: str | os.PathLike | None = None, *,
   Loaded once per process and ``num_candidates``; the candidate matrix is
   also cached on disk (about 19 MB for 8192 candidates).
   """
-  from cdc_jax.tasks import vocabulary
-
   if gguf_path is None:
-    from cdc_jax.teacher import llama_weights
+    from cdc_jax.models import llama_weights
 
     gguf_path = llama_weights.smollm2_gguf_path()
   gguf_path = Path(gguf_path).resolve()
@@ -186,7 +187,7 @@ def teacher_word_embeddings(gguf_path: str | os.PathLike | None = None, *,
     return _LOADED[key]
   if num_candidates < 2:
     raise ValueError(f"num_candidates must be >= 2, got {num_candidates}")
-  cache_dir = Path(cache_dir) if cache_dir else vocabulary.default_cache_dir() / "privacy"
+  cache_dir = Path(cache_dir) if cache_dir else io_lib.default_cache_dir() / "privacy"
   path = _cache_path(gguf_path, num_candidates, cache_dir)
   if path.exists():
     with np.load(path, allow_pickle=False) as data:

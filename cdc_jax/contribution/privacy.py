@@ -39,6 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cdc_jax import io as io_lib
 from cdc_jax.contribution import embeddings as embeddings_lib
 from cdc_jax.data import records as records_lib
 
@@ -252,7 +253,7 @@ def perturb_community(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
              "counts": {s: dict(sorted(c.items())) for s, c in counts.items()}}
   out_dir = Path(out_dir)
   records_lib.write_community(out_dir, manifest, out_records)
-  records_lib.atomic_write_text(out_dir / PRIVACY_FILENAME,
+  io_lib.atomic_write_text(out_dir / PRIVACY_FILENAME,
                                 json.dumps(summary, indent=2, sort_keys=True) + "\n")
   return summary
 

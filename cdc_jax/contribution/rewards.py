@@ -83,7 +83,7 @@ def load_params(model, checkpoint: str | os.PathLike) -> Any:
   if ((path / "config.json").exists() or path.suffix == ".gguf") and hasattr(model,
                                                                              "load_external"):
     return model.load_external(path)
-  from cdc_jax import checkpoints
+  from cdc_jax.student import checkpoints
 
   return checkpoints.restore_params(path)[0]
 

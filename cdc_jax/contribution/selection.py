@@ -40,6 +40,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from cdc_jax import io as io_lib
 from cdc_jax.contribution import allocation, budgets, heuristic, rewards
 from cdc_jax.contribution.allocation import GapBand
 from cdc_jax.contribution.budgets import Budget, TokenCounter
@@ -222,7 +223,7 @@ def write_selection(source: str | os.PathLike, out_dir: str | os.PathLike, *, po
              "selected": [r.id for r in chosen.records], "kept_tokens": chosen.kept_tokens,
              "of_tokens": None if chosen.tokens is None else sum(chosen.tokens.values()),
              "report": dict(chosen.ranking.report), "scores": list(chosen.ranking.scores)}
-  records_lib.atomic_write_text(out_dir / SELECTION_FILENAME,
+  io_lib.atomic_write_text(out_dir / SELECTION_FILENAME,
                                 json.dumps(summary, indent=1, sort_keys=True) + "\n")
   return summary
 

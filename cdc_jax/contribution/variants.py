@@ -4,7 +4,7 @@ r"""Sweeps over contribution controls: privacy budget eps, key-token budget k.
         --gin.SWEEP_DIR="'/tmp/privacy_sweep'" [--workers=2] [--dry_run]
 
 A control changes the data a run trains on, not the grid, so each value is a
-*variant*: the same :class:`~cdc_jax.sweep.SweepSpec` run with the value
+*variant*: the same :class:`~cdc_jax.coalitions.sweep.SweepSpec` run with the value
 recorded in every result (``eps`` or ``selection``) and extra gin bindings
 for its runs. For eps the bindings point the runs at communities whose
 training questions were perturbed with that budget, materialised once under
@@ -17,15 +17,14 @@ table.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from cdc_jax import sweep as sweep_lib
+from cdc_jax import io as io_lib
 from cdc_jax.coalitions import results
+from cdc_jax.coalitions import sweep as sweep_lib
 from cdc_jax.data import records as records_lib
 
 PRIVATE_COMMUNITIES_DIR = ".communities"
@@ -76,7 +75,7 @@ def run_variants(*, spec: sweep_lib.SweepSpec, variants: Sequence[Variant], swee
     listing = sweep_dir_path / "commands.txt"
     if listing.exists():
       commands.append(listing.read_text())
-  records_lib.atomic_write_text(sweep_dir_path / "commands.txt", "".join(commands))
+  io_lib.atomic_write_text(sweep_dir_path / "commands.txt", "".join(commands))
   if failures:
     raise RuntimeError("variants failed:\n" + "\n".join(failures))
   return rows
@@ -164,9 +163,9 @@ def run_privacy_sweep(*, spec: sweep_lib.SweepSpec, eps_values: Sequence[float |
     source_communities: manifests of the communities (default: embedded).
     seed: perturbation seed.
     splits: splits whose questions are perturbed.
-    workers, dry_run: as for :func:`cdc_jax.sweep.run_sweep`.
+    workers, dry_run: as for :func:`cdc_jax.coalitions.sweep.run_sweep`.
     embeddings: word embeddings (default: the SmolLM2 teacher's).
-    run_sweep_fn: replaces :func:`cdc_jax.sweep.run_sweep` (tests).
+    run_sweep_fn: replaces :func:`cdc_jax.coalitions.sweep.run_sweep` (tests).
   """
   sources = _source_manifests(spec, source_communities)
   private = materialise_private_communities(
@@ -216,17 +215,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   """Runs the gin-configured ``run_privacy_sweep`` or ``run_key_tokens_sweep``."""
   from cdc_jax import config_cli
 
-  bindings, rest = config_cli.split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  config_cli.add_gin_flags(parser)
-  parser.add_argument("--sweep", choices=("privacy", "key_tokens"), default="privacy")
-  parser.add_argument("--workers", type=int, default=None, help="local worker processes")
-  parser.add_argument("--dry_run", action="store_true", help="print one command per run")
-  args = parser.parse_args(rest)
-  config_cli.parse_gin(args.gin_file, bindings, args.gin_search_path)
-  overrides: dict[str, object] = {"dry_run": args.dry_run}
-  if args.workers is not None:
-    overrides["workers"] = args.workers
+  args, overrides = config_cli.parse_sweep_flags(
+      argv, description=__doc__.split("\n")[0], add_arguments=lambda parser: parser.add_argument(
+          "--sweep", choices=("privacy", "key_tokens"), default="privacy"))
   name = "run_privacy_sweep" if args.sweep == "privacy" else "run_key_tokens_sweep"
   config_cli.configured("cdc_jax.contribution.variants", name)(**overrides)
 

@@ -1,1 +1,8 @@
-"""Community data: records and manifests, the embedded benchmark, importers, length statistics."""
+"""Community data: the record schema and directories, the embedded benchmark, importers, stats.
+
+Modules: ``trace_record`` (TraceRecord, CommunityManifest) and ``records``
+(reading and writing community directories); ``knowledge``, ``synthetic``,
+``synthetic_questions`` and ``compression`` (the embedded benchmark);
+``importers`` and ``import_traces`` (published CoT datasets); ``stats``,
+``subsample``, ``attach_split``, ``tfds_builder``.
+"""

@@ -24,6 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from cdc_jax import io as io_lib
 from cdc_jax.data import records as records_lib
 
 REPORT_FILENAME = "subsample.json"
@@ -74,7 +75,7 @@ def subsample_community(source: str | Path, out: str | Path, *, sizes: Mapping[s
   report = SubsampleReport(community=community.name, source=str(community.directory), seed=seed,
                            read={s: len(r) for s, r in community.records.items()},
                            kept={s: len(r) for s, r in kept.items()})
-  records_lib.atomic_write_text(Path(out) / REPORT_FILENAME,
+  io_lib.atomic_write_text(Path(out) / REPORT_FILENAME,
                                 json.dumps(dataclasses.asdict(report), indent=2) + "\n")
   return report
 

@@ -34,8 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from cdc_jax.models import llama, losses
-from cdc_jax.teacher import generation
+from cdc_jax.models import llama, llama_decode, losses
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -128,7 +127,7 @@ def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
 def load_weights(path: str | os.PathLike, *, dtype: str, param_dtype: str | None,
                  max_seq_len: int | None) -> tuple[llama.LlamaConfig, Any]:
   """Config and host params from a GGUF file or a HF Llama safetensors directory."""
-  from cdc_jax.teacher import llama_weights
+  from cdc_jax.models import llama_weights
 
   path = Path(path)
   stored = param_dtype or dtype
@@ -258,7 +257,7 @@ class DecoderOnlyModel:
 
     Each row's prompt is ``decoder_input_tokens`` where ``decoder_causal_attention``
     is 1 (token 0, then the task's inputs); decoding is the teacher's
-    (``generation.generate_tokens``) on the same Llama, with a KV cache.
+    (``llama_decode.generate_tokens``) on the same Llama, with a KV cache.
     """
     if num_beams != 1:
       raise ValueError(f"the decoder-only student decodes greedily; num_beams={num_beams}")
@@ -272,8 +271,8 @@ class DecoderOnlyModel:
     mask = source >= 0
     prompts = jnp.where(mask, jnp.take_along_axis(tokens, jnp.maximum(source, 0), axis=1), 0)
     batch_size = tokens.shape[0]
-    stop = jnp.full((generation.MAX_STOP_IDS,), -1, jnp.int32).at[0].set(self.eos_id)
-    out, _, _ = generation.generate_tokens(
+    stop = jnp.full((llama_decode.MAX_STOP_IDS,), -1, jnp.int32).at[0].set(self.eos_id)
+    out, _, _ = llama_decode.generate_tokens(
         params, jnp.zeros((1, 0), jnp.int32), prompts, mask, jax.random.PRNGKey(0),
         jnp.float32(0.0),
         jnp.full((batch_size,), max_decode_len, jnp.int32), stop, config=self.config,

@@ -3,7 +3,7 @@
 RoPE (``rotate_half`` convention, as in Hugging Face checkpoints), grouped-query
 attention, RMSNorm, SwiGLU MLP, tied or untied embeddings and a fixed-size KV
 cache. Every parameter and activation carries logical axis names so a large
-teacher shards over a ``(data, model)`` mesh (see ``teacher/sharding.py``).
+teacher shards over a ``(data, model)`` mesh (see ``llama_sharding.py``).
 
 The cache holds, per layer, keys and values of shape
 ``[batch, kv_heads, slots, head_dim]``, split along the slots into segments,

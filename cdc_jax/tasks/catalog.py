@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from cdc_jax import io as io_lib
 from cdc_jax.data import records as records_lib
 from cdc_jax.data import synthetic
 from cdc_jax.tasks import registry, vocabulary as vocab_lib
@@ -29,7 +30,7 @@ def embedded_communities(config: synthetic.SyntheticConfig = synthetic.Synthetic
                          cache_dir: str | os.PathLike | None = None) -> list[Path]:
   """Manifest paths of the embedded communities, built once per config."""
   key = hashlib.sha256(repr(config).encode()).hexdigest()[:12]
-  root = Path(cache_dir) if cache_dir else vocab_lib.default_cache_dir() / "communities"
+  root = Path(cache_dir) if cache_dir else io_lib.default_cache_dir() / "communities"
   out = root / f"embedded-{key}"
   manifests = [out / name / records_lib.MANIFEST_FILENAME for name in synthetic.COMMUNITY_NAMES]
   if all(m.exists() for m in manifests):

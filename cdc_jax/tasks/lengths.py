@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import seqio
 
-from cdc_jax.data import records as records_lib
+from cdc_jax import io as io_lib
 
 FEATURES = ("inputs", "targets")
 LENGTHS_FILENAME = "lengths.json"
@@ -172,13 +172,13 @@ def audit_feature_lengths(mixture_or_task_name: str | Sequence[str],
     worst = ", ".join(f"{c.task} ({c.inputs_cut} inputs, {c.targets_cut} targets of "
                       f"{c.examples}; longest {c.inputs_max}/{c.targets_max})"
                       for c in counts if c.any_cut)
-    logging.warning("%s: %s (see python -m cdc_jax.data.stats, or set lengths like 'p99')",
+    logging.warning("%s: %s (see python -m cdc_jax.tasks.stats, or set lengths like 'p99')",
                     summary, worst)
   else:
     logging.info("%s", summary)
   if out_dir is not None:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    records_lib.atomic_write_text(Path(out_dir) / LENGTHS_FILENAME, json.dumps({
+    io_lib.atomic_write_text(Path(out_dir) / LENGTHS_FILENAME, json.dumps({
         "split": split, "requested": dict(task_feature_lengths), "task_feature_lengths": resolved,
         "examples": total, "inputs_cut": inputs_cut, "targets_cut": targets_cut,
         "tasks": {c.task: {"examples": c.examples, "inputs_cut": c.inputs_cut,

@@ -13,16 +13,12 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from cdc_jax import io as io_lib
 from cdc_jax.data import records as records_lib
 
 # Words every format adds to the communities' own text.
 FORMAT_TEXT = ("The answer is", "So the answer is", "Explanation:", "predict:", "explain:",
                "Answer choices: (a) (b) (c) (d) (e)")
-
-
-def default_cache_dir() -> Path:
-  """``$CDC_CACHE_DIR`` or ``~/.cache/cdc_jax``."""
-  return Path(os.environ.get("CDC_CACHE_DIR", Path.home() / ".cache" / "cdc_jax"))
 
 
 def community_texts(communities: Iterable[records_lib.Community]) -> list[str]:
@@ -54,7 +50,7 @@ def train_vocabulary(texts: Iterable[str], *, vocab_size: int = 1000,
   digest.update(f"unigram:{vocab_size}:byte_fallback:v1\n".encode())
   for t in texts:
     digest.update(t.encode() + b"\n")
-  cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "vocab"
+  cache_dir = Path(cache_dir) if cache_dir is not None else io_lib.default_cache_dir() / "vocab"
   path = cache_dir / f"spm-{digest.hexdigest()[:16]}.model"
   if path.exists():
     return path
@@ -64,7 +60,7 @@ def train_vocabulary(texts: Iterable[str], *, vocab_size: int = 1000,
       model_type="unigram", character_coverage=1.0, byte_fallback=True,
       hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
       split_digits=True, minloglevel=2, num_threads=1)
-  records_lib.atomic_write_bytes(path, model.getvalue())
+  io_lib.atomic_write_bytes(path, model.getvalue())
   logging.info("trained a %d-piece vocabulary on %d texts: %s", vocab_size, len(texts), path)
   return path
 

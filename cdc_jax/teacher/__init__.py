@@ -1,6 +1,10 @@
-"""Teacher backends: a Llama-family decoder in Flax that writes chain-of-thought.
+"""Teacher traces: the questions, a teacher behind one backend protocol, sharded output, verify.
 
-Import the submodules directly (``cdc_jax.teacher.llama``,
-``cdc_jax.teacher.generation``, ...); this package imports nothing heavy so that
-``import cdc_jax.teacher`` stays cheap.
+Modules: ``questions`` (the input), ``prompts`` (CoT and summary prompts),
+``backends`` (the protocol) with ``jax_backend`` (``generation`` over the
+shared Llama of ``cdc_jax.models``), ``openai_backend``, ``oracle_backend``
+and ``tiny_model``; ``launch`` and ``shards`` (the sharded resumable
+launcher), ``verify``, and the server (``serve``, ``batching``,
+``openai_schema``). Import the submodules directly; this package imports
+nothing heavy so that ``import cdc_jax.teacher`` stays cheap.
 """

@@ -7,7 +7,7 @@ Shared by the launcher and the server, so both take the same flags::
   --coordinator_address HOST:PORT --num_processes N --process_id I   (multi-host)
 
 A large teacher (e.g. LLaMA-3-70B in bfloat16) shards over a ``(data, model)``
-mesh by the logical axis names of its parameters (``teacher/sharding.py``).
+mesh by the logical axis names of its parameters (``models/llama_sharding.py``).
 With the multi-host flags (or ``$CDC_COORDINATOR_ADDRESS`` ...) the processes
 join one ``jax.distributed`` system and the mesh spans all their devices;
 every process then runs the same launcher command in lock-step.
@@ -45,13 +45,15 @@ def add_jax_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
                        help="HF Llama directory: config.json, model*.safetensors, tokenizer.json")
   weights.add_argument("--random_tiny", action="store_true",
                        help="a tiny random-weight model instead (smoke tests; output is noise)")
-  parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                      help="weights, KV cache and matmul inputs (bfloat16: mixed precision, "
-                           "float32 residual stream and softmax)")
-  parser.add_argument("--kernels", choices=KERNELS, default="auto",
+  # Unset (None): the defaults of JaxBackend and generation.Generator apply.
+  parser.add_argument("--dtype", choices=DTYPES, default=None,
+                      help="weights, KV cache and matmul inputs (default: the Generator's; "
+                           "bfloat16: mixed precision, float32 residual stream and softmax)")
+  parser.add_argument("--kernels", choices=KERNELS, default=None,
                       help="amx: hand-written x86 CPU kernels (bfloat16, one CPU device; ~1.5x "
-                           "the XLA path at batch 32); auto: amx where they run, else xla")
-  parser.add_argument("--max_seq_len", type=int, default=2048)
+                           "the XLA path at batch 32); auto (the Generator's default): amx where "
+                           "they run, else xla")
+  parser.add_argument("--max_seq_len", type=int, default=None, help="default: JaxBackend's")
   parser.add_argument("--mesh_shape", type=parse_mesh_shape, default=None,
                       help="'data,model' devices to shard the teacher over (default: one "
                            "device; multi-host: 1,<all devices>)")
@@ -67,12 +69,12 @@ def make_mesh(shape: tuple[int, int] | None) -> Any:
   """The teacher mesh for ``--mesh_shape``; None for one process on one device."""
   import jax
 
-  from cdc_jax.teacher import sharding
+  from cdc_jax.models import llama_sharding
   if shape is None:
     if jax.process_count() == 1:
       return None
     shape = (1, jax.device_count())
-  return sharding.make_teacher_mesh(shape)
+  return llama_sharding.make_teacher_mesh(shape)
 
 
 def backend_from_flags(args: argparse.Namespace, *, seed: int = 0,
@@ -86,9 +88,9 @@ def backend_from_flags(args: argparse.Namespace, *, seed: int = 0,
   import sys
 
   from cdc_jax import compilation_cache, distributed
-  from cdc_jax.teacher import backends
+  from cdc_jax.teacher import jax_backend
 
-  if args.random_tiny and args.dtype != "float32":
+  if args.random_tiny and args.dtype not in (None, "float32"):
     raise ValueError("--random_tiny is float32 only; drop --dtype")
   if args.random_tiny and args.kernels == "amx":
     raise ValueError("--random_tiny runs on the XLA path; drop --kernels amx")
@@ -102,15 +104,14 @@ def backend_from_flags(args: argparse.Namespace, *, seed: int = 0,
     # Every program: compiling one on CPU takes longer than generating a chunk.
     compilation_cache.enable(args.jax_cache_dir, min_compile_time_secs=0.0)
   mesh = make_mesh(args.mesh_shape)
+  given = {f: getattr(args, f) for f in ("max_seq_len", "dtype", "kernels")
+           if getattr(args, f) is not None}
   if args.random_tiny:
-    backend = backends.JaxBackend.random_tiny(seed=seed, mesh=mesh)
+    backend = jax_backend.JaxBackend.random_tiny(seed=seed, mesh=mesh)
   elif args.safetensors:
-    backend = backends.JaxBackend.from_safetensors(
-        args.safetensors, max_seq_len=args.max_seq_len, dtype=args.dtype, mesh=mesh,
-        kernels=args.kernels)
+    backend = jax_backend.JaxBackend.from_safetensors(args.safetensors, mesh=mesh, **given)
   else:
-    backend = backends.JaxBackend.from_gguf(args.gguf, max_seq_len=args.max_seq_len,
-                                            dtype=args.dtype, mesh=mesh, kernels=args.kernels)
-  print(f"jax teacher {backend.teacher} ({args.dtype}): kernels {backend.generator.kernels_note}",
-        file=sys.stderr, flush=True)
+    backend = jax_backend.JaxBackend.from_gguf(args.gguf, mesh=mesh, **given)
+  print(f"jax teacher {backend.teacher} ({backend.generator.config.dtype}): kernels "
+        f"{backend.generator.kernels_note}", file=sys.stderr, flush=True)
   return backend

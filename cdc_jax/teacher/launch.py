@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
@@ -33,17 +32,24 @@ from cdc_jax import names
 from cdc_jax import progress as progress_lib
 from cdc_jax.data import records as records_lib
 from cdc_jax.teacher import backends as backends_lib
-from cdc_jax.teacher import jax_setup, prompts
-from cdc_jax.teacher import shards, verify
+from cdc_jax.teacher import jax_setup, oracle_backend, prompts, shards, verify
 from cdc_jax.teacher.questions import (Questions, add_input_flags, input_fingerprint,
                                       load_questions, parse_levels)
 
 # ------------------------------------------------------------- tracing ----
 
 
+# Defaults of run_shard and its flags.
+CHUNK_SIZE = 16
+PROGRESS_INTERVAL_S = 5.0
+
+
 @dataclasses.dataclass(frozen=True)
 class TraceSettings:
-  """What to ask the teacher and how (everything that shapes the output)."""
+  """What to ask the teacher and how (everything that shapes the output).
+
+  These are the defaults of the launcher's flags of the same names too.
+  """
   levels: tuple[int, ...] = names.LEVELS
   max_new_tokens: int = 256
   summary_max_new_tokens: int = 128
@@ -57,6 +63,9 @@ class TraceSettings:
       names.validate_level(level)
     if self.max_new_tokens < 1 or self.summary_max_new_tokens < 1:
       raise ValueError("max_new_tokens and summary_max_new_tokens must be >= 1")
+
+
+_SETTINGS = TraceSettings()  # The flags' defaults.
 
 
 # An answer stated first ("The answer is no. Dogs cannot ..."): up to the end of its sentence.
@@ -184,17 +193,16 @@ class ShardResult:
 
 
 def run_shard(questions: Questions, backend: backends_lib.Backend, *, out_dir: str | os.PathLike,
-              shard_index: int = 0, num_shards: int = 1, chunk_size: int = 16,
+              shard_index: int = 0, num_shards: int = 1, chunk_size: int = CHUNK_SIZE,
               settings: TraceSettings = TraceSettings(), community: str | None = None,
-              die_after_chunks: int | None = None, die_in_write_of_chunk: int | None = None,
-              progress_interval: float = 5.0, group: Any = None) -> ShardResult:
+              progress_interval: float = PROGRESS_INTERVAL_S, group: Any = None) -> ShardResult:
   """Traces one shard, resuming whatever a previous run committed.
 
-  ``die_after_chunks`` (SIGKILL after that many chunks committed by this run)
-  and ``die_in_write_of_chunk`` (SIGKILL halfway through writing that chunk)
-  inject faults for tests. ``group`` (a ``distributed.ProcessGroup``): the
-  processes of a multi-host teacher run this together; the lead reads and
-  writes the shard files and tells the others which chunks are left.
+  A run killed at any moment (tests SIGKILL it between and inside chunk
+  commits) resumes to the output of an uninterrupted one. ``group`` (a
+  ``distributed.ProcessGroup``): the processes of a multi-host teacher run this
+  together; the lead reads and writes the shard files and tells the others
+  which chunks are left.
   """
   community = names.validate_name(community or questions.community)
   items = shards.select_shard(questions.records, shard_index, num_shards)
@@ -240,15 +248,13 @@ def run_shard(questions: Questions, backend: backends_lib.Backend, *, out_dir: s
       continue
     chunk = trace_chunk(piece, backend, settings=settings, community=community,
                         chunk_index=index, shard_stem=stem)
-    writer.commit_chunk(chunk, crash_mid_write=die_in_write_of_chunk == index)
+    writer.commit_chunk(chunk)
     done[index] = chunk
     run += 1
     tokens += int(chunk.stats["completion_tokens"])
     seconds += chunk.stats["seconds"]
     bar.update(len(piece), extra=f"{tokens / max(seconds, 1e-9):.1f} tok/s, "
                                  f"{len(chunk.failures)} failed")
-    if die_after_chunks is not None and run >= die_after_chunks:
-      os.kill(os.getpid(), signal.SIGKILL)
   meta = writer.finalize(done, num_chunks=len(pieces))
   print(f"{stem}: {meta['records']} records, {len(meta['failures'])} failures "
         f"({run} chunks run, {resumed} resumed) -> {writer.final_path}", file=sys.stderr)
@@ -282,20 +288,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   add_input_flags(parser)
   parser.add_argument("--out", required=True, help="output directory of the shard files")
   parser.add_argument("--backend", choices=backends_lib.BACKENDS, default="jax")
-  parser.add_argument("--levels", type=parse_levels, default=names.LEVELS,
+  parser.add_argument("--levels", type=parse_levels, default=_SETTINGS.levels,
                       help="e.g. 1,6 (default all)")
   parser.add_argument("--shard_index", type=int, default=0)
   parser.add_argument("--num_shards", type=int, default=1)
-  parser.add_argument("--chunk_size", type=int, default=16, help="questions per committed chunk")
+  parser.add_argument("--chunk_size", type=int, default=CHUNK_SIZE,
+                      help="questions per committed chunk")
   parser.add_argument("--community", default=None, help="output community name (default: input's)")
-  parser.add_argument("--max_new_tokens", type=int, default=256, help="for the full CoT")
-  parser.add_argument("--summary_max_new_tokens", type=int, default=128)
-  parser.add_argument("--temperature", type=float, default=0.0)
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--max_new_tokens", type=int, default=_SETTINGS.max_new_tokens,
+                      help="for the full CoT")
+  parser.add_argument("--summary_max_new_tokens", type=int,
+                      default=_SETTINGS.summary_max_new_tokens)
+  parser.add_argument("--temperature", type=float, default=_SETTINGS.temperature)
+  parser.add_argument("--seed", type=int, default=_SETTINGS.seed)
   parser.add_argument("--write_community", default=None,
                       help="after this shard: if every shard is done and verifies, write the "
                            "traces as a community directory here")
-  parser.add_argument("--progress_interval", type=float, default=5.0, help="seconds")
+  parser.add_argument("--progress_interval", type=float, default=PROGRESS_INTERVAL_S,
+                      help="seconds")
   jax_setup.add_jax_flags(parser.add_argument_group("jax backend"))
   api = parser.add_argument_group("openai backend")
   api.add_argument("--base_url", default="http://127.0.0.1:8000/v1")
@@ -303,14 +313,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   api.add_argument("--api", choices=backends_lib.OPENAI_APIS, default="chat")
   api.add_argument("--api_key_env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key (unset: no key)")
-  api.add_argument("--concurrency", type=int, default=4)
-  api.add_argument("--timeout_s", type=float, default=120.0)
-  api.add_argument("--max_retries", type=int, default=6)
-  api.add_argument("--backoff_base_s", type=float, default=0.5)
-  api.add_argument("--backoff_max_s", type=float, default=30.0)
-  faults = parser.add_argument_group("fault injection (tests)")
-  faults.add_argument("--die_after_chunks", type=int, default=None)
-  faults.add_argument("--die_in_write_of_chunk", type=int, default=None)
+  # Unset: the defaults of OpenAIBackend and RetryPolicy (imported only for this backend).
+  api.add_argument("--concurrency", type=int, default=None, help="default: OpenAIBackend's")
+  for flag, kind in (("timeout_s", float), ("max_retries", int), ("backoff_base_s", float),
+                     ("backoff_max_s", float)):
+    api.add_argument(f"--{flag}", type=kind, default=None, help="default: RetryPolicy's")
   args = parser.parse_args(argv)
   # Refused here, before any input is read or any model loads (minutes for a large teacher).
   try:
@@ -320,18 +327,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return args
 
 
+def _given(args: argparse.Namespace, *flags: str) -> dict[str, Any]:
+  """The ``flags`` set on the command line (unset ones keep the callee's defaults)."""
+  return {f: getattr(args, f) for f in flags if getattr(args, f) is not None}
+
+
 def make_backend(args: argparse.Namespace, questions: Questions) -> backends_lib.Backend:
   """The backend the flags ask for."""
   if args.backend == "oracle":
-    return backends_lib.OracleBackend(questions.records)
+    return oracle_backend.OracleBackend(questions.records)
   if args.backend == "jax":
     return jax_setup.backend_from_flags(args, seed=args.seed)
-  retry = backends_lib.RetryPolicy(max_retries=args.max_retries, backoff_base_s=args.backoff_base_s,
-                                   backoff_max_s=args.backoff_max_s, timeout_s=args.timeout_s)
-  client = backends_lib.OpenAIClient(args.base_url, api_key=os.environ.get(args.api_key_env),
-                                     retry=retry)
-  return backends_lib.OpenAIBackend(client, model=args.model, api=args.api,
-                                    concurrency=args.concurrency)
+  from cdc_jax.teacher import openai_backend  # Deferred: imports the openai SDK.
+  retry = openai_backend.RetryPolicy(**_given(args, "max_retries", "backoff_base_s",
+                                              "backoff_max_s", "timeout_s"))
+  client = openai_backend.OpenAIClient(args.base_url, api_key=os.environ.get(args.api_key_env),
+                                       retry=retry)
+  return openai_backend.OpenAIBackend(client, model=args.model, api=args.api,
+                                      **_given(args, "concurrency"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,18 +353,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     questions = load_questions(args.input, splits=args.splits)
     backend = make_backend(args, questions)
-    settings = TraceSettings(levels=args.levels, max_new_tokens=args.max_new_tokens,
-                             summary_max_new_tokens=args.summary_max_new_tokens,
-                             temperature=args.temperature, seed=args.seed)
+    settings = TraceSettings(**{f.name: getattr(args, f.name)
+                                for f in dataclasses.fields(TraceSettings)})
     group = None
     if args.backend == "jax":
       from cdc_jax import distributed  # Deferred: imports jax.
       group = distributed.ProcessGroup()
     run_shard(questions, backend, out_dir=args.out, shard_index=args.shard_index,
               num_shards=args.num_shards, chunk_size=args.chunk_size, settings=settings,
-              community=args.community, die_after_chunks=args.die_after_chunks,
-              die_in_write_of_chunk=args.die_in_write_of_chunk,
-              progress_interval=args.progress_interval, group=group)
+              community=args.community, progress_interval=args.progress_interval, group=group)
     if args.write_community and (group is None or group.is_lead):
       report = verify.verify_output(args.out, questions, num_shards=args.num_shards)
       if report.missing:

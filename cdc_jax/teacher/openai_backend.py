@@ -5,8 +5,8 @@ retries of 408/409/429/5xx and connection errors, honouring ``Retry-After``.
 We set how many retries, the timeout and the backoff (:class:`RetryPolicy`,
 the launcher's ``--max_retries``, ``--timeout_s``, ``--backoff_base_s`` and
 ``--backoff_max_s``), run ``concurrency`` requests at a time and turn the SDK's
-errors into :class:`TeacherHTTPError`, which names the URL, the status and
-the server's error body.
+errors into :class:`backends.TeacherHTTPError`, which names the URL, the
+status and the server's error body.
 """
 
 from __future__ import annotations
@@ -25,15 +25,6 @@ from cdc_jax.teacher import backends
 NO_API_KEY = "no-key"
 # Statuses the SDK retries (besides connection errors and timeouts).
 _RETRIED = (408, 409, 429)
-
-
-class TeacherHTTPError(RuntimeError):
-  """A request the server refused (other 4xx) or that kept failing after all retries."""
-
-  def __init__(self, url: str, message: str, *, status: int | None = None, body: str = ""):
-    self.url, self.status, self.body = url, status, body
-    what = f"HTTP {status}" if status is not None else "no HTTP response"
-    super().__init__(f"{url}: {what}: {message}" + (f"; body: {body[:2000]}" if body else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +84,7 @@ class OpenAIClient:
 
   @contextlib.contextmanager
   def errors(self, path: str) -> Iterator[None]:
-    """Turns the SDK's errors (after its retries) into :class:`TeacherHTTPError`."""
+    """Turns the SDK's errors (after its retries) into :class:`backends.TeacherHTTPError`."""
     url = self.base_url + path
     attempts = self.retry.max_retries + 1
     try:
@@ -102,14 +93,14 @@ class OpenAIClient:
       status = e.status_code
       retried = status in _RETRIED or status >= 500
       message = f"gave up after {attempts} attempts" if retried else "request refused"
-      raise TeacherHTTPError(url, message, status=status, body=e.response.text) from None
+      raise backends.TeacherHTTPError(url, message, status=status, body=e.response.text) from None
     except openai.APIConnectionError as e:
       cause = e.__cause__
       detail = f"{type(cause).__name__}: {cause}" if cause is not None else e.message
-      raise TeacherHTTPError(url, f"gave up after {attempts} attempts; last error: "
-                                  f"{e.message} ({detail})") from None
+      raise backends.TeacherHTTPError(url, f"gave up after {attempts} attempts; last error: "
+                                      f"{e.message} ({detail})") from None
     except openai.APIError as e:  # A reply the SDK could not read.
-      raise TeacherHTTPError(url, f"unreadable reply: {e.message}") from None
+      raise backends.TeacherHTTPError(url, f"unreadable reply: {e.message}") from None
 
   def close(self) -> None:
     """Closes the SDK's pooled connections."""
@@ -143,7 +134,8 @@ class OpenAIClient:
   def _choice(self, reply: Any, path: str) -> Any:
     choices = getattr(reply, "choices", None)
     if not choices:
-      raise TeacherHTTPError(self.base_url + path, f"reply has no choices: {str(reply)[:500]}")
+      raise backends.TeacherHTTPError(self.base_url + path,
+                                      f"reply has no choices: {str(reply)[:500]}")
     return choices[0]
 
   @staticmethod
@@ -173,7 +165,7 @@ class OpenAIBackend:
     if model is None:
       listed = client.models()
       if not listed:
-        raise TeacherHTTPError(client.base_url + "/models", "lists no model; pass --model")
+        raise backends.TeacherHTTPError(client.base_url + "/models", "lists no model; pass --model")
       model = listed[0]
     self.client, self.model, self.api, self.concurrency = client, model, api, concurrency
     self.teacher = model

@@ -25,8 +25,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 import socket
 import sys
 import threading
@@ -59,8 +57,7 @@ class TeacherService:
   """What the routes need: the backend, its limits, the batcher and the request counter."""
 
   def __init__(self, backend: Any, *, max_batch: int = 16, max_queue: int = 64,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               die_after_requests: int | None = None):
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
     self.backend, self.generator = backend, backend.generator
     self.max_body_bytes = max_body_bytes
     self.model = backend.teacher
@@ -68,22 +65,19 @@ class TeacherService:
     self.max_new_tokens = int(max(self.generator.new_token_buckets))
     self.batcher = batching.Batcher(self.generator.generate_ids, max_batch=max_batch,
                                     max_queue=max_queue)
-    self.die_after_requests = die_after_requests
     self._count, self._lock, self._started = 0, threading.Lock(), time.time()
 
   def count_request(self) -> None:
-    """Counts a completion request; fault injection: SIGKILL on the one after the limit."""
+    """Counts a completion request."""
     with self._lock:
       self._count += 1
-      if self.die_after_requests is not None and self._count > self.die_after_requests:
-        os.kill(os.getpid(), signal.SIGKILL)
 
   def prompt_text(self, request: schema.ChatRequest | schema.CompletionRequest) -> str:
     """The raw prompt: chat messages rendered with the model's template, or the prompt."""
     if isinstance(request, schema.CompletionRequest):
       return request.prompt  # type: ignore[return-value]  # A str once validated.
-    from cdc_jax.teacher import chat
-    return chat.render_chat([m.to_chat() for m in request.messages],
+    from cdc_jax.models import llama_chat
+    return llama_chat.render_chat([m.to_chat() for m in request.messages],
                             fmt=self.generator.chat_format)
 
   def job(self, request: schema.ChatRequest | schema.CompletionRequest) -> batching.Job:
@@ -329,15 +323,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--port", type=int, required=True, help="0: any free port")
   parser.add_argument("--host", default="127.0.0.1")
   jax_setup.add_jax_flags(parser)
-  parser.add_argument("--max_batch", type=int, default=16, help="most requests in one batch")
-  parser.add_argument("--max_queue", type=int, default=64,
+  # Unset (None): TeacherService's defaults apply.
+  parser.add_argument("--max_batch", type=int, default=None,
+                      help="most requests in one batch (default: TeacherService's)")
+  parser.add_argument("--max_queue", type=int, default=None,
                       help="most requests waiting for a batch; more get 429")
   parser.add_argument("--verbose", action="store_true", help="log every request")
-  parser.add_argument("--die_after_requests", type=int, default=None,
-                      help="fault injection: SIGKILL on the completion request after this many")
   args = parser.parse_args(argv)
   for name in ("max_batch", "max_queue"):
-    if getattr(args, name) < 1:
+    if getattr(args, name) is not None and getattr(args, name) < 1:
       parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
   return args
 
@@ -349,8 +343,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     backend = jax_setup.backend_from_flags(args, multihost=False)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
-  service = TeacherService(backend, max_batch=args.max_batch, max_queue=args.max_queue,
-                           die_after_requests=args.die_after_requests)
+  limits = {name: getattr(args, name) for name in ("max_batch", "max_queue")
+            if getattr(args, name) is not None}
+  service = TeacherService(backend, **limits)
   try:
     sock = bind(args.host, args.port)
   except OSError as e:

@@ -27,10 +27,10 @@ import json
 import os
 import re
 import shutil
-import signal
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
+from cdc_jax import io as io_lib
 from cdc_jax.data import records as records_lib
 
 _SHARD_RE = re.compile(r"traces-(\d{5})-of-(\d{5})\.(jsonl|meta\.json|parts)\Z")
@@ -186,7 +186,7 @@ class ShardWriter:
                          f"({_diff(stored, self.run_config)}); re-run with the same flags or "
                          "delete the directory")
     else:
-      records_lib.atomic_write_text(config_path, json.dumps(self.run_config, indent=1,
+      io_lib.atomic_write_text(config_path, json.dumps(self.run_config, indent=1,
                                                             sort_keys=True) + "\n")
     for stray in self.parts_dir.glob(".*.tmp"):  # Left by a kill during a write.
       stray.unlink()
@@ -214,21 +214,12 @@ class ShardWriter:
                           stats=side["stats"])
     return done
 
-  def commit_chunk(self, chunk: Chunk, *, crash_mid_write: bool = False) -> None:
-    """Writes a chunk (side file, then records). ``crash_mid_write`` is fault injection:
-    the records are half written to a temp file and the process SIGKILLs itself."""
+  def commit_chunk(self, chunk: Chunk) -> None:
+    """Writes a chunk: side file, then records (the commit), each atomically."""
     side_path, records_path = self._chunk_paths(chunk.index)
     side = {"failures": [f.to_json() for f in chunk.failures], "stats": dict(chunk.stats)}
-    records_lib.atomic_write_text(side_path, json.dumps(side, sort_keys=True) + "\n")
-    text = records_lib.records_to_jsonl(chunk.records)
-    if crash_mid_write:
-      stray = records_path.with_name(f".{records_path.name}.crash.tmp")
-      with stray.open("w", encoding="utf-8") as f:
-        f.write(text[:len(text) // 2])
-        f.flush()
-        os.fsync(f.fileno())
-      os.kill(os.getpid(), signal.SIGKILL)
-    records_lib.atomic_write_text(records_path, text)
+    io_lib.atomic_write_text(side_path, json.dumps(side, sort_keys=True) + "\n")
+    io_lib.atomic_write_text(records_path, records_lib.records_to_jsonl(chunk.records))
 
   def finalize(self, done: Mapping[int, Chunk], *, num_chunks: int,
                extra_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -249,8 +240,8 @@ class ShardWriter:
     meta = {"config": self.run_config, "num_chunks": num_chunks, "records": len(records),
             "records_per_split": counts, "failures": [f.to_json() for f in failures],
             "stats": totals, **(extra_meta or {})}
-    records_lib.atomic_write_text(self.meta_path, json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    records_lib.atomic_write_text(self.final_path, records_lib.records_to_jsonl(records))
+    io_lib.atomic_write_text(self.meta_path, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    io_lib.atomic_write_text(self.final_path, records_lib.records_to_jsonl(records))
     shutil.rmtree(self.parts_dir, ignore_errors=True)
     return meta
 

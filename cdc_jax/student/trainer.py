@@ -1,6 +1,6 @@
 """The trainer: train state, sharded initialisation and the jitted train step.
 
-Parameters are placed by their logical axis names (``cdc_jax.partitioning``);
+Parameters are placed by their logical axis names (``cdc_jax.models.partitioning``);
 the optimizer state follows the parameters; batches are split over 'data'.
 The state holds the *trained* parameters only: a model with frozen weights
 (a LoRA student's pretrained base, ``model.pretrained.frozen``) gets them
@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from cdc_jax import partitioning
+from cdc_jax.models import partitioning
 
 State = dict[str, Any]  # {"step": int32 scalar, "params": tree, "opt_state": tree}
 
@@ -65,45 +65,76 @@ class Trainer:
     if pretrained is not None and pretrained.frozen is not None:
       self.frozen = jax.device_put(pretrained.frozen, partitioning.param_shardings(
           model.frozen_logical_axes(), mesh))
-    self._state_shardings = None
     self._step_fn = None
+    self._opt_init = None
 
   # --- State ------------------------------------------------------------------
 
-  def init_state(self, seed: int) -> State:
-    """Fresh parameters and optimizer state, sharded on the mesh."""
+  def _abstract_params(self) -> Any:
+    """Shapes and dtypes of the trained parameters (``jax.eval_shape``: nothing is computed)."""
+    if self.pretrained is not None:
+      return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.pretrained)
     init = functools.partial(self.model.init_params, input_shapes=self.input_shapes)
+    return jax.eval_shape(init, jax.random.key(0, impl="unsafe_rbg"))
+
+  @functools.cached_property
+  def state_shardings(self) -> Mapping[str, Any]:
+    """Where each leaf of the state lives: parameters by their logical axes; the optimizer
+    state where XLA places what ``optimizer.init`` makes of them (replicated where off the mesh)."""
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          self._abstract_params(), self.param_shardings)
     with partitioning.activate(self.mesh):
-      if self.pretrained is not None:  # Full fine-tuning starts from the pretrained weights.
-        params = jax.device_put(self.pretrained, self.param_shardings)
-      else:
-        # The rbg generator compiles in a fraction of threefry's time on CPU
-        # (seconds per run); initial values are deterministic per seed and backend.
-        key = jax.random.key(seed, impl="unsafe_rbg")
-        params = jax.jit(init, out_shardings=self.param_shardings)(key)
-      opt_state = jax.jit(self.optimizer.init)(params)
+      # Compiled once: its output shardings are the optimizer state's, and it initialises it.
+      self._opt_init = jax.jit(self.optimizer.init).lower(params).compile()
+    return {"step": self.replicated, "params": self.param_shardings,
+            "opt_state": jax.tree.map(self._on_mesh, self._opt_init.output_shardings)}
+
+  def _on_mesh(self, sharding: jax.sharding.Sharding) -> NamedSharding:
     # Leaves the optimizer creates from constants (counts) may land on one
     # device; everything not already on this mesh is replicated on it.
-    opt_shardings = jax.tree.map(self._on_mesh, opt_state)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params,
-             "opt_state": jax.device_put(opt_state, opt_shardings)}
-    self._state_shardings = {"step": self.replicated, "params": self.param_shardings,
-                             "opt_state": opt_shardings}
-    state["step"] = jax.device_put(state["step"], self.replicated)
-    return state
-
-  def _on_mesh(self, leaf: jax.Array) -> NamedSharding:
-    sharding = getattr(leaf, "sharding", None)
     if isinstance(sharding, NamedSharding) and sharding.mesh.shape_tuple == self.mesh.shape_tuple \
         and sharding.mesh.devices.tolist() == self.mesh.devices.tolist():
       return sharding
     return self.replicated
 
-  @property
-  def state_shardings(self) -> Mapping[str, Any]:
-    if self._state_shardings is None:
-      raise RuntimeError("call init_state first: it fixes the state's shardings")
-    return self._state_shardings
+  def abstract_state(self) -> State:
+    """The state as ``jax.ShapeDtypeStruct`` s with their shardings: the target of a restore.
+
+    Built with ``jax.eval_shape``, so resuming a run initialises nothing that
+    the checkpoint then overwrites.
+    """
+    shardings = self.state_shardings
+    abstract_params = self._abstract_params()
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract_params, shardings["params"])
+    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             jax.eval_shape(self.optimizer.init, abstract_params),
+                             shardings["opt_state"])
+    return {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated),
+            "params": params, "opt_state": opt_state}
+
+  def init_state(self, seed: int, *, params: Any = None) -> State:
+    """A fresh state on the mesh, for a run that has no checkpoint yet.
+
+    Its parameters are ``params`` (weights to start from, shaped like
+    :meth:`abstract_state`'s), else the model's pretrained weights (full
+    fine-tuning), else a random init from ``seed``.
+    """
+    shardings = self.state_shardings
+    with partitioning.activate(self.mesh):
+      if params is None and self.pretrained is not None:
+        params = self.pretrained
+      if params is not None:
+        params = jax.device_put(params, shardings["params"])
+      else:
+        # The rbg generator compiles in a fraction of threefry's time on CPU
+        # (seconds per run); initial values are deterministic per seed and backend.
+        init = functools.partial(self.model.init_params, input_shapes=self.input_shapes)
+        key = jax.random.key(seed, impl="unsafe_rbg")
+        params = jax.jit(init, out_shardings=shardings["params"])(key)
+      opt_state = jax.device_put(self._opt_init(params), shardings["opt_state"])
+    return {"step": jax.device_put(jnp.zeros((), jnp.int32), self.replicated),
+            "params": params, "opt_state": opt_state}
 
   # --- Step -------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 r"""Length audit: token-length percentiles of a community's tasks.
 
-  python -m cdc_jax.data.stats /data/my_community/community.json [MORE.json ...] \
+  python -m cdc_jax.tasks.stats /data/my_community/community.json [MORE.json ...] \
       [--levels=1,6] [--formats=label_only,cot_label] [--spm_model=spiece.model --extra_ids=100] \
       [--lengths=64,96]
 
@@ -98,7 +98,7 @@ def format_rows(rows: Sequence[dict], *, cut_at: Sequence[int] | None = None) ->
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """Parses the command line."""
-  parser = argparse.ArgumentParser(prog="python -m cdc_jax.data.stats",
+  parser = argparse.ArgumentParser(prog="python -m cdc_jax.tasks.stats",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("manifests", nargs="+", help="community.json files (or their directories)")
   parser.add_argument("--levels", type=_ints, default=None,

@@ -19,8 +19,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from cdc_jax.teacher import chat
-from cdc_jax.teacher import tokenizer as tokenizer_lib
+from cdc_jax.models import llama_chat
+from cdc_jax.models import llama_tokenizer as tokenizer_lib
 
 
 def load_tokenizer(weights: str | os.PathLike) -> tokenizer_lib.Tokenizer:
@@ -32,14 +32,14 @@ def load_tokenizer(weights: str | os.PathLike) -> tokenizer_lib.Tokenizer:
 
 
 class LlamaVocabulary(seqio.Vocabulary):
-  """seqio's Vocabulary interface over ``teacher.tokenizer.Tokenizer`` (no BOS added)."""
+  """seqio's Vocabulary interface over ``llama_tokenizer.Tokenizer`` (no BOS added)."""
 
   def __init__(self, weights: str | os.PathLike, *, tokenizer: tokenizer_lib.Tokenizer | None = None):
     self.source = str(Path(weights).resolve())
     self.tokenizer = tokenizer or load_tokenizer(weights)
     fmt = None
     if self.tokenizer.chat_template:
-      fmt = chat.chat_format_from_template(self.tokenizer.chat_template)
+      fmt = llama_chat.chat_format_from_template(self.tokenizer.chat_template)
     self._chat_format = fmt
     super().__init__(extra_ids=0)
 
@@ -48,7 +48,7 @@ class LlamaVocabulary(seqio.Vocabulary):
     """A user turn around ``{inputs}``, ending where the assistant's answer begins."""
     if self._chat_format is None:
       return None
-    return chat.user_prompt("{inputs}", fmt=self._chat_format)
+    return llama_chat.user_prompt("{inputs}", fmt=self._chat_format)
 
   @property
   def eos_id(self) -> int:

@@ -1,4 +1,8 @@
-"""Optimizers and learning-rate schedules of the T5 recipe (optax)."""
+"""Optimizers and learning-rate schedules of the T5 recipe (optax).
+
+A run's learning rate is required here: its value lives in gin
+(``LEARNING_RATE`` in ``gin/runs/train.gin``) or in the caller.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +24,12 @@ def rsqrt_schedule(*, base_learning_rate: float = 1.0, warmup_steps: int = 10_00
   return schedule
 
 
-def constant_schedule(*, learning_rate: float = 1e-3) -> optax.Schedule:
+def constant_schedule(*, learning_rate: float) -> optax.Schedule:
   """A constant rate (the usual choice when fine-tuning a pretrained T5)."""
   return optax.constant_schedule(learning_rate)
 
 
-def adafactor(*, learning_rate: optax.Schedule | float = 1e-3, clip_threshold: float | None = 1.0,
+def adafactor(*, learning_rate: optax.Schedule | float, clip_threshold: float | None = 1.0,
               decay_rate: float = 0.8, weight_decay_rate: float | None = None,
               multiply_by_parameter_scale: bool = True) -> optax.GradientTransformation:
   """Adafactor as T5 uses it (factored second moments, no momentum, update clipping)."""
@@ -34,7 +38,7 @@ def adafactor(*, learning_rate: optax.Schedule | float = 1e-3, clip_threshold: f
                          multiply_by_parameter_scale=multiply_by_parameter_scale)
 
 
-def adamw(*, learning_rate: optax.Schedule | float = 1e-3, weight_decay: float = 0.0,
+def adamw(*, learning_rate: optax.Schedule | float, weight_decay: float = 0.0,
           b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
   """AdamW, for small students trained from scratch."""
   return optax.adamw(learning_rate=learning_rate, weight_decay=weight_decay, b1=b1, b2=b2)

@@ -348,7 +348,7 @@ def params_from_hf(
   """The Flax param tree from HF-named ``[out, in]`` arrays fetched by ``get``.
 
   With ``mesh``, each array is placed with the sharding its logical axes map
-  to (``teacher/sharding.py`` rules); otherwise on the default device.
+  to (``models/llama_sharding.py`` rules); otherwise on the default device.
   """
   c = config
   dtype = c.jnp_param_dtype
@@ -390,6 +390,6 @@ def params_from_hf(
   # One tensor at a time is converted on the host and placed.
   if mesh is None:
     return jax.tree.map(lambda a: jax.device_put(np.asarray(a, dtype=dtype, order="C")), params)
-  from cdc_jax.teacher import sharding  # Deferred: only sharded loads need flax partitioning.
-  shardings = sharding.param_shardings(llama.abstract_params(config), mesh)
-  return jax.tree.map(lambda a, s: sharding.place(a, s, dtype), params, shardings)
+  from cdc_jax.models import llama_sharding  # Deferred: only sharded loads need flax partitioning.
+  shardings = llama_sharding.param_shardings(llama.abstract_params(config), mesh)
+  return jax.tree.map(lambda a, s: llama_sharding.place(a, s, dtype), params, shardings)

@@ -14,9 +14,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from cdc_jax import partitioning
+from cdc_jax.models import partitioning
 
-# The project's one partitioning table (``cdc_jax.partitioning``).
+# The project's one partitioning table (``cdc_jax.models.partitioning``).
 TEACHER_RULES: tuple[tuple[str, str | None], ...] = partitioning.DEFAULT_RULES
 
 

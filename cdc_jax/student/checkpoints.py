@@ -21,13 +21,18 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 
 
 def checkpoint_dir(model_dir: str | os.PathLike) -> Path:
+  """Where a run's checkpoints live: ``<model_dir>/checkpoints``."""
   return Path(model_dir) / CHECKPOINTS_SUBDIR
 
 
 class Checkpointer:
-  """Saves every ``every`` steps (and when asked), keeps the last ``keep``."""
+  """Saves and restores a run's checkpoints; keeps the last ``keep`` (None: all).
 
-  def __init__(self, model_dir: str | os.PathLike, *, keep: int | None = 3):
+  The training loop decides when to save and passes its ``keep_checkpoints``
+  (set in ``gin/runs/train.gin``).
+  """
+
+  def __init__(self, model_dir: str | os.PathLike, *, keep: int | None = None):
     self.directory = checkpoint_dir(model_dir).absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
@@ -35,18 +40,26 @@ class Checkpointer:
                                           item_names=("state", "meta"))
 
   def latest_step(self) -> int | None:
+    """The step of the newest checkpoint (None: there is none)."""
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """The steps of every checkpoint kept, in order."""
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """Writes ``state`` (arrays) and ``meta`` (JSON) as step ``step``; returns when written."""
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(dict(state)), meta=ocp.args.JsonSave(dict(meta))), force=True)
     self._manager.wait_until_finished()
 
   def restore(self, step: int, target: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restores ``step`` into arrays shaped and sharded like ``target``."""
+    """Restores ``step`` into arrays shaped and sharded like ``target``; ``(state, meta)``.
+
+    ``target``: ``jax.ShapeDtypeStruct`` s with shardings (e.g.
+    ``Trainer.abstract_state()``), or arrays to take them from. Each process
+    reads only the shards its devices hold.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(target))
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))

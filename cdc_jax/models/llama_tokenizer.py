@@ -97,7 +97,7 @@ def tokenizer_from_gguf(path_or_reader: str | os.PathLike[str] | Any) -> Tokeniz
   from tokenizers import AddedToken, decoders, models, processors
   from tokenizers import Tokenizer as Backend
 
-  from cdc_jax.teacher import llama_weights
+  from cdc_jax.models import llama_weights
   if isinstance(path_or_reader, (str, os.PathLike)):
     source, reader = str(path_or_reader), llama_weights.open_gguf(path_or_reader)
   else:

@@ -1,4 +1,9 @@
-"""Batched, jitted decoding with restored parameters (shared by evaluate and infer)."""
+"""Prediction with a checkpoint: restored parameters and a batched, jitted ``Predictor``.
+
+Shared by evaluation and inference. The search itself (greedy or beam) is the
+model's ``predict_batch``; here parameters are restored, checked against the
+model config, placed on a mesh, and fixed-size padded batches are decoded.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import jax
 import numpy as np
 
-from cdc_jax import checkpoints, partitioning
+from cdc_jax.models import partitioning
+from cdc_jax.student import checkpoints
 
 
 def load_params(model: Any, checkpoint: str, mesh, *,
