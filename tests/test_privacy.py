@@ -123,7 +123,7 @@ def test_perturb_community_writes_private_records(tmp_path):
     privacy.perturb_community(tmp_path / "out", tmp_path / "twice", eps=1, embeddings=SMALL)
 
 
-def test_privacy_sweep_materialises_communities_and_records_eps(tmp_path):
+def test_privacy_sweep_materialises_communities_and_records_eps(tmp_path, monkeypatch):
   source = _community(tmp_path / "src")
   spec = sweep.SweepSpec(communities=("pets",), levels=(6,), formats=("cot_label",))
   calls = []
@@ -132,10 +132,11 @@ def test_privacy_sweep_materialises_communities_and_records_eps(tmp_path):
     calls.append(kwargs)
     return []
 
+  monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
   run = lambda: variants.run_privacy_sweep(
       spec=spec, eps_values=[None, 1.0, 4.0], sweep_dir=str(tmp_path / "sweep"),
       gin_files=["x.gin"], gin_bindings=["TRAIN_STEPS = 2"], source_communities=[str(source)],
-      embeddings=SMALL, run_sweep_fn=fake_run_sweep)
+      embeddings=SMALL)
   run()
   assert [c["spec"].eps_values for c in calls] == [(None,), (1.0,), (4.0,)]
   private = tmp_path / "sweep" / ".communities" / "exponential_eps4" / "pets" / "community.json"
@@ -146,6 +147,7 @@ def test_privacy_sweep_materialises_communities_and_records_eps(tmp_path):
   stamp = os.stat(private.parent / "train.jsonl").st_mtime_ns
   run()  # Re-running reuses the perturbed copies.
   assert os.stat(private.parent / "train.jsonl").st_mtime_ns == stamp
+  monkeypatch.undo()
   # With the real run_sweep (dry run): one run directory per eps, eps in the run id and spec.
   variants.run_privacy_sweep(spec=spec, eps_values=[None, 4.0], sweep_dir=str(tmp_path / "dry"),
                              gin_files=["x.gin"], source_communities=[str(source)],

@@ -371,7 +371,7 @@ def test_model_log_likelihood_and_token_counts_with_a_tiny_t5(tmp_path):
 # The comparison sweep: the policy's selection and equal-token random selections.
 
 
-def test_allocation_sweep_materialises_equal_token_variants_and_reuses_them(tmp_path):
+def test_allocation_sweep_materialises_equal_token_variants_and_reuses_them(tmp_path, monkeypatch):
   from cdc_jax.coalitions import sweep
   from cdc_jax.contribution import allocation_sweep
 
@@ -386,12 +386,12 @@ def test_allocation_sweep_materialises_equal_token_variants_and_reuses_them(tmp_
     calls.append(kwargs)
     return []
 
+  monkeypatch.setattr(sweep, "run_sweep", fake_sweep)
   run = lambda: allocation_sweep.run_allocation_sweep(
       spec=sweep.SweepSpec(communities=("picks",), levels=(1, 6), formats=("label_cot",)),
       sweep_dir=str(tmp_path / "sweep"), source_communities=[str(source)],
       gin_files=["gin/experiments/coalition_tiny.gin"], budget_tokens=70, random_seeds=(0, 1),
-      band=BAND, student=student, reference=REFERENCE, count_tokens=TOKENS,
-      run_sweep_fn=fake_sweep)
+      band=BAND, student=student, reference=REFERENCE, count_tokens=TOKENS)
   run()
   gap_name = "learnability_gap:tokens=70"
   names = [gap_name, f"random:tokens_of={gap_name}:seed=0", f"random:tokens_of={gap_name}:seed=1"]

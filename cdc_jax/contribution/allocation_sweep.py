@@ -103,7 +103,6 @@ def run_allocation_sweep(*, spec: sweep_lib.SweepSpec, sweep_dir: str,
                          reference: rewards.Reward | None = None,
                          count_tokens: TokenCounter | None = None, workers: int = 1,
                          dry_run: bool = False,
-                         run_sweep_fn: Callable[..., list[results.RunResult]] | None = None,
                          ) -> list[results.RunResult]:
   """The grid of ``spec`` on the policy's selection and on equal-token random selections.
 
@@ -122,7 +121,6 @@ def run_allocation_sweep(*, spec: sweep_lib.SweepSpec, sweep_dir: str,
       decoder-only student's ``llama_vocabulary``): tokens are counted and scored with it.
     student, reference, count_tokens: replace the model-backed rewards and counter (tests).
     workers, dry_run: as for :func:`cdc_jax.coalitions.sweep.run_sweep`.
-    run_sweep_fn: replaces :func:`cdc_jax.coalitions.sweep.run_sweep` (tests).
   """
   spec = dataclasses.replace(spec, levels=(level,), formats=(fmt,))
   by_name = {records_lib.read_manifest(m).name: m for m in source_communities}
@@ -162,7 +160,7 @@ def run_allocation_sweep(*, spec: sweep_lib.SweepSpec, sweep_dir: str,
           for name, manifests in selected.items()]
   return variants.run_variants(spec=spec, variants=runs, sweep_dir=sweep_dir,
                                gin_files=gin_files, gin_bindings=gin_bindings, workers=workers,
-                               dry_run=dry_run, run_sweep_fn=run_sweep_fn)
+                               dry_run=dry_run)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

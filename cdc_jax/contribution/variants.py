@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from cdc_jax import io as io_lib
 from cdc_jax.coalitions import results
@@ -53,21 +53,18 @@ def community_bindings(manifests: Sequence[str | Path]) -> tuple[str, ...]:
 
 def run_variants(*, spec: sweep_lib.SweepSpec, variants: Sequence[Variant], sweep_dir: str,
                  gin_files: Sequence[str], gin_bindings: Sequence[str] = (), workers: int = 1,
-                 dry_run: bool = False,
-                 run_sweep_fn: Callable[..., list[results.RunResult]] | None = None,
-                 ) -> list[results.RunResult]:
+                 dry_run: bool = False) -> list[results.RunResult]:
   """Runs ``spec`` once per variant in ``sweep_dir``; returns all finished results.
 
   A failed variant does not stop the others; failures are raised at the end.
   ``commands.txt`` lists the unfinished runs of every variant.
   """
-  run_sweep_fn = run_sweep_fn or sweep_lib.run_sweep
   sweep_dir_path = Path(sweep_dir)
   commands, failures, rows = [], [], []
   for variant in variants:
     sub = dataclasses.replace(spec, eps_values=(variant.eps,), selection=variant.selection)
     try:
-      rows = run_sweep_fn(spec=sub, sweep_dir=str(sweep_dir_path), gin_files=list(gin_files),
+      rows = sweep_lib.run_sweep(spec=sub, sweep_dir=str(sweep_dir_path), gin_files=list(gin_files),
                           gin_bindings=[*gin_bindings, *variant.gin_bindings], workers=workers,
                           dry_run=dry_run)
     except RuntimeError as e:
@@ -150,7 +147,6 @@ def run_privacy_sweep(*, spec: sweep_lib.SweepSpec, eps_values: Sequence[float |
                       mechanism: str = "exponential", source_communities: Sequence[str] = (),
                       seed: int = 0, splits: Sequence[str] = ("train",), workers: int = 1,
                       dry_run: bool = False, embeddings=None,
-                      run_sweep_fn: Callable[..., list[results.RunResult]] | None = None,
                       ) -> list[results.RunResult]:
   """The grid of ``spec`` at each privacy budget (None: the source communities).
 
@@ -165,7 +161,6 @@ def run_privacy_sweep(*, spec: sweep_lib.SweepSpec, eps_values: Sequence[float |
     splits: splits whose questions are perturbed.
     workers, dry_run: as for :func:`cdc_jax.coalitions.sweep.run_sweep`.
     embeddings: word embeddings (default: the SmolLM2 teacher's).
-    run_sweep_fn: replaces :func:`cdc_jax.coalitions.sweep.run_sweep` (tests).
   """
   sources = _source_manifests(spec, source_communities)
   private = materialise_private_communities(
@@ -177,8 +172,7 @@ def run_privacy_sweep(*, spec: sweep_lib.SweepSpec, eps_values: Sequence[float |
                                                       else private[float(eps)]))
               for eps in eps_values]
   return run_variants(spec=spec, variants=variants, sweep_dir=sweep_dir, gin_files=gin_files,
-                      gin_bindings=gin_bindings, workers=workers, dry_run=dry_run,
-                      run_sweep_fn=run_sweep_fn)
+                      gin_bindings=gin_bindings, workers=workers, dry_run=dry_run)
 
 
 # ---------------------------------------------------------------------------
@@ -193,7 +187,6 @@ def key_tokens_selection(k: int, selector: str = "salience") -> str:
 def run_key_tokens_sweep(*, spec: sweep_lib.SweepSpec, k_values: Sequence[int], sweep_dir: str,
                          gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
                          selector: str = "salience", workers: int = 1, dry_run: bool = False,
-                         run_sweep_fn: Callable[..., list[results.RunResult]] | None = None,
                          ) -> list[results.RunResult]:
   """The grid of ``spec`` in the key_tokens format at each k (tokens shared).
 
@@ -207,8 +200,7 @@ def run_key_tokens_sweep(*, spec: sweep_lib.SweepSpec, k_values: Sequence[int], 
   variants = [Variant(selection=key_tokens_selection(k, selector), gin_bindings=(
       f"KEY_TOKENS_K = {int(k)}", f"KEY_TOKEN_SELECTOR = {selector!r}")) for k in k_values]
   return run_variants(spec=spec, variants=variants, sweep_dir=sweep_dir, gin_files=gin_files,
-                      gin_bindings=gin_bindings, workers=workers, dry_run=dry_run,
-                      run_sweep_fn=run_sweep_fn)
+                      gin_bindings=gin_bindings, workers=workers, dry_run=dry_run)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
