@@ -48,9 +48,12 @@ class SweepSpec:
       :meth:`left_out` lists the (level, coalition) pairs this skips.
     selection: contribution policy the traces were selected with (e.g.
       'key_tokens:k=4'), recorded in each result.
-    zero_shot: also run, per level, format and seed, the student before any
+    zero_shot: also run, per level and format, the student before any
       fine-tuning (0 steps) on every community: the zero-shot baseline of a
-      pretrained student (for a random-init student it only measures noise).
+      pretrained student. One run, with the first seed: greedy decoding of the
+      untouched model does not depend on the seed (LoRA adapters start at
+      B = 0); for a random-init student it only measures noise. These runs come
+      first, so a sweep run in pieces has its baseline from the first piece.
   """
   communities: tuple[str, ...]
   coalition_sizes: tuple[int, ...] = ()
@@ -100,6 +103,13 @@ class SweepSpec:
   def runs(self) -> list[experiment.CoalitionSpec]:
     """Every run of the grid, in a stable order."""
     out = []
+    if self.zero_shot:  # One untrained student per level and format, scored on everyone.
+      for level, fmt in itertools.product(self.levels, self.formats):
+        everyone = tuple(sorted(c for c in self.communities if self._has_level((c,), level)))
+        if everyone:
+          out.append(experiment.CoalitionSpec(members=everyone, level=level, fmt=fmt,
+                                              seed=self.seeds[0], selection=self.selection,
+                                              baseline="zero_shot"))
     for level, fmt, seed, eps, members in itertools.product(
         self.levels, self.formats, self.seeds, self.eps_values, self.coalition_list()):
       if not self._has_level(members, level):
@@ -112,12 +122,6 @@ class SweepSpec:
         out.append(experiment.CoalitionSpec(members=members, level=level, fmt=fmt, seed=seed,
                                             proportions=props, evaluate_on=evaluate_on, eps=eps,
                                             selection=self.selection))
-    if self.zero_shot:  # One untrained student per level, format and seed, scored on everyone.
-      for level, fmt, seed in itertools.product(self.levels, self.formats, self.seeds):
-        everyone = tuple(sorted(c for c in self.communities if self._has_level((c,), level)))
-        if everyone:
-          out.append(experiment.CoalitionSpec(members=everyone, level=level, fmt=fmt, seed=seed,
-                                              selection=self.selection, baseline="zero_shot"))
     return out
 
 
