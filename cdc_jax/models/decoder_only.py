@@ -282,12 +282,13 @@ class DecoderOnlyModel:
 
 def build_model(*, weights: str | None = None, config: llama.LlamaConfig | None = None,
                 dtype: str = "float32", param_dtype: str | None = None,
-                max_seq_len: int = 2048, lora: llama.LoraConfig | None = None,
+                max_seq_len: int | None = None, lora: llama.LoraConfig | None = None,
                 eos_id: int = 2, z_loss: float = 0.0) -> DecoderOnlyModel:
   """A decoder-only student: pretrained from ``weights`` (GGUF file or HF dir) or ``config``.
 
   With ``lora`` only the adapters train; the pretrained weights stay frozen.
-  ``dtype`` is the compute dtype, ``param_dtype`` the stored one (e.g.
+  ``max_seq_len`` is the positions a loaded checkpoint keeps (None: its own
+  context length, as the weight loaders; gin sets ``MAX_SEQ_LEN``). ``dtype`` is the compute dtype, ``param_dtype`` the stored one (e.g.
   "bfloat16" compute on "float32" master weights).
   """
   if (weights is None) == (config is None):
