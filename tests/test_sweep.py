@@ -44,8 +44,9 @@ def test_sweep_runs_skips_finished_and_reports_failures(tmp_path, capsys):
   bindings = ["TRAIN_STEPS = 4", "BATCH_SIZE = 4", "CHECKPOINT_EVERY = 4",
               "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 16}", "EVAL_BATCH_SIZE = 8",
               f"COMMUNITIES = ['{manifest}']"]
+  # steps_per_member overrides the gin TRAIN_STEPS of every run (here 2 steps a member).
   spec = sweep.SweepSpec(communities=("yesland", "nowhere"), coalitions=(("yesland",), ("nowhere",)),
-                         levels=(6,), formats=("label_only",))
+                         levels=(6,), formats=("label_only",), steps_per_member=2)
   with pytest.raises(RuntimeError, match=r"1 run\(s\) failed: \['nowhere.L6.label_only.s0'\]"):
     sweep.run_sweep(spec=spec, sweep_dir=str(tmp_path / "sweep"),
                     gin_files=["gin/experiments/coalition_tiny.gin"], gin_bindings=bindings,
@@ -54,7 +55,7 @@ def test_sweep_runs_skips_finished_and_reports_failures(tmp_path, capsys):
   assert "nowhere.L6.label_only.s0 failed; last lines of" in err and "nowhere" in err
   rows = results.read_results(tmp_path / "sweep" / results.TABLE_FILENAME)
   assert [r.run for r in rows] == ["yesland.L6.label_only.s0"]
-  assert rows[0].steps == 4 and rows[0].num_examples == {"yesland": 8}
+  assert rows[0].steps == 2 and rows[0].num_examples == {"yesland": 8}
   assert 0.0 <= rows[0].accuracy["yesland"] <= 1.0
   assert "acc_yesland" in (tmp_path / "sweep" / "results.csv").read_text().splitlines()[0]
   # Per-example outcomes, next to result.json and gathered for the sweep.
@@ -92,6 +93,17 @@ def test_coalition_spec_normalises_and_names_runs():
   assert experiment.eval_task("trivia", 3, "step_by_step") == "cdc.trivia.L3.step_by_step:predict"
   with pytest.raises(ValueError, match="must name exactly"):
     experiment.CoalitionSpec(members=("a", "b"), level=1, fmt="cot_label", proportions={"a": 1})
+
+
+def test_steps_per_member_gives_every_member_the_same_steps():
+  spec = sweep.SweepSpec(communities=("a", "b", "c"), levels=(1,), steps_per_member=5,
+                         zero_shot=True)
+  steps = {r.run_id: r.train_steps for r in spec.runs()}
+  assert steps["a.L1.cot_label.s0"] == 5 and steps["a_b.L1.cot_label.s0"] == 10
+  assert steps["a_b_c.L1.cot_label.s0"] == 15 and steps["zero_shot.a_b_c.L1.cot_label.s0"] is None
+  assert all(r.train_steps is None for r in sweep.SweepSpec(communities=("a", "b")).runs())
+  with pytest.raises(ValueError, match="train_steps must be a positive int"):
+    sweep.SweepSpec(communities=("a",), steps_per_member=0).runs()
 
 
 def test_zero_shot_adds_one_untrained_student_per_level_and_format_first():

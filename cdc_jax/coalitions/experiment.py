@@ -44,6 +44,8 @@ class CoalitionSpec:
     selection: contribution policy the traces were selected with (recorded only).
     baseline: None to train; 'zero_shot' evaluates the student before any
       fine-tuning (a step-0 checkpoint: meaningful for a pretrained student).
+    train_steps: the run's optimizer steps; None: the gin configuration's
+      ``TRAIN_STEPS``. Sweeps set it to give every member the same steps.
   """
   members: tuple[str, ...]
   level: int
@@ -54,6 +56,7 @@ class CoalitionSpec:
   eps: float | None = None
   selection: str | None = None
   baseline: str | None = None
+  train_steps: int | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "members", tuple(sorted(self.members)))
@@ -65,6 +68,9 @@ class CoalitionSpec:
       names.validate_name(m)
     names.validate_level(self.level)
     names.validate_format(self.fmt)
+    if self.train_steps is not None and (isinstance(self.train_steps, bool) or not isinstance(
+        self.train_steps, int) or self.train_steps < 1):
+      raise ValueError(f"train_steps must be a positive int or None, got {self.train_steps!r}")
     if self.proportions is not None:
       if set(self.proportions) != set(self.members):
         raise ValueError(f"proportions {dict(self.proportions)} must name exactly {self.members}")
@@ -143,7 +149,8 @@ def run_coalition(spec: CoalitionSpec, run_dir: str | os.PathLike, *,
   if spec.baseline == "zero_shot":  # The student as it starts: a step-0 checkpoint.
     train_fn(mixture_or_task_name=mixture, model_dir=str(model_dir), seed=spec.seed, train_steps=0)
   else:
-    train_fn(mixture_or_task_name=mixture, model_dir=str(model_dir), seed=spec.seed)
+    steps = {} if spec.train_steps is None else {"train_steps": spec.train_steps}
+    train_fn(mixture_or_task_name=mixture, model_dir=str(model_dir), seed=spec.seed, **steps)
   evaluate_on = spec.evaluate_on or spec.members
   scores = evaluate_fn(mixture_or_task_name=[eval_task(c, spec.level, spec.fmt) for c in evaluate_on],
                        checkpoint=str(model_dir), output_dir=str(run_dir / "eval"))

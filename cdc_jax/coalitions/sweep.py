@@ -54,6 +54,11 @@ class SweepSpec:
       untouched model does not depend on the seed (LoRA adapters start at
       B = 0); for a random-init student it only measures noise. These runs come
       first, so a sweep run in pieces has its baseline from the first piece.
+    steps_per_member: train each run for this many steps per member (a
+      coalition of k trains k times as long, so every member's data gets the
+      same steps as when it trains alone: pooling adds data, it does not
+      take training from anyone); None: every run trains the gin
+      configuration's ``TRAIN_STEPS`` (a fixed budget shared by the members).
   """
   communities: tuple[str, ...]
   coalition_sizes: tuple[int, ...] = ()
@@ -67,6 +72,7 @@ class SweepSpec:
   community_levels: Mapping[str, Sequence[int]] | None = None
   selection: str | None = None
   zero_shot: bool = False
+  steps_per_member: int | None = None
 
   def __post_init__(self):
     for c in self.communities:
@@ -119,9 +125,10 @@ class SweepSpec:
       if len(members) == 2:
         proportions += [{members[0]: p, members[1]: 1 - p} for p in self.pair_proportions]
       for props in proportions:
+        steps = None if self.steps_per_member is None else self.steps_per_member * len(members)
         out.append(experiment.CoalitionSpec(members=members, level=level, fmt=fmt, seed=seed,
                                             proportions=props, evaluate_on=evaluate_on, eps=eps,
-                                            selection=self.selection))
+                                            selection=self.selection, train_steps=steps))
     return out
 
 
