@@ -14,7 +14,8 @@ ValueError: batch_size='four': expected a positive integer, got str
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+import sys
+from typing import Any, Callable, Mapping
 
 # The percentile form of a feature length ('p95'), resolved from the data by
 # cdc_jax.tasks.lengths; kept here so this check needs no seqio.
@@ -64,3 +65,18 @@ def require_feature_lengths(task_feature_lengths: Mapping[str, Any], *,
     if not is_feature_length(length):
       raise ValueError(f"task_feature_lengths[{feature!r}]={length!r}: expected a positive "
                        "number of tokens or a percentile such as 'p95'")
+
+
+def exit_status(run: Callable[[], Any]) -> int:
+  """A command line's exit status: 0 after ``run()``, 1 with ``error: ...`` on bad input.
+
+  Bad input is a ``ValueError`` (schema errors such as ``RecordError`` are
+  ones) or an ``OSError`` (a missing or unreadable file); the message names
+  the file, line or field. Anything else is a bug and propagates.
+  """
+  try:
+    run()
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0

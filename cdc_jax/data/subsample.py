@@ -24,6 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from cdc_jax import arguments
 from cdc_jax import io as io_lib
 from cdc_jax.data import records as records_lib
 
@@ -102,17 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--split_sizes", required=True, help="e.g. train=300,test=200")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  try:
+
+  def run():
     sizes = parse_sizes(args.split_sizes)
     for path in args.communities:
       name = records_lib.read_manifest(Path(path) / records_lib.MANIFEST_FILENAME
                                        if Path(path).is_dir() else path).name
       print(subsample_community(path, Path(args.out) / name, sizes=sizes, seed=args.seed))
-  except (ValueError, OSError) as e:  # RecordError is a ValueError.
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
-
+  return arguments.exit_status(run)
 
 if __name__ == "__main__":
   sys.exit(main())

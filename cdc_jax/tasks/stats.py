@@ -26,6 +26,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from cdc_jax import arguments
 from cdc_jax import names
 from cdc_jax.data import records as records_lib
 
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   from cdc_jax.tasks import catalog  # Deferred: imports seqio and TensorFlow.
 
-  try:
+  def run():
     communities = [records_lib.load_community(path) for path in args.manifests]
     catalog.register_tasks(communities=args.manifests, embedded=args.embedded,
                            spm_model=args.spm_model, extra_ids=args.extra_ids,
@@ -144,10 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f"\n== {community.name}: {sum(len(r) for r in community.records.values())} records, "
             f"levels {list(levels)}, {len(rows)} task splits measured ==")
       print(format_rows(rows, cut_at=args.lengths))
-  except (ValueError, OSError) as e:  # RecordError is a ValueError.
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  return arguments.exit_status(run)
 
 
 if __name__ == "__main__":
