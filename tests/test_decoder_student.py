@@ -12,7 +12,7 @@ import pytest
 from cdc_jax.models import decoder_only, llama
 from cdc_jax.student import checkpoints, evaluation as evaluate_lib, optimizers
 from cdc_jax.student import training as train_lib
-from cdc_jax.models import llama_vocabulary
+from cdc_jax.models import llama_layers, llama_vocabulary
 from cdc_jax.tasks import registry
 from cdc_jax.teacher import generation
 from tests import llama_student_helpers, train_helpers
@@ -36,23 +36,26 @@ def tasks(tmp_path_factory, hf_dir):
   return registry.register_community(manifest, vocabulary=vocab, options=options), vocab
 
 
-def _batch(vocab_size: int, seed: int = 0):
+def _batch(vocab_size: int, seed: int = 0, rows: int = 3, length: int = 12):
   rng = np.random.default_rng(seed)
-  tokens = rng.integers(3, vocab_size, (3, 12)).astype(np.int32)
-  weights = np.zeros((3, 12), np.int32)
-  weights[:, 6:10] = 1  # Completion tokens; the rest is prompt or padding.
+  tokens = rng.integers(3, vocab_size, (rows, length)).astype(np.int32)
+  weights = np.zeros((rows, length), np.int32)
+  weights[:, length // 2:length - 2] = 1  # Completion tokens; the rest is prompt or padding.
   return {"decoder_input_tokens": tokens,
           "decoder_target_tokens": np.roll(tokens, -1, axis=1),
           "decoder_loss_weights": weights}
 
 
-def test_loss_and_gradients_match_transformers(hf_dir):
+# 36 token rows take the few-rows matmul; 320 take the many-rows one with its own VJP.
+@pytest.mark.parametrize("rows,length", [(3, 12), (5, 64)])
+def test_loss_and_gradients_match_transformers(hf_dir, rows, length):
   import torch
   import transformers
 
+  assert (rows * length >= llama_layers.MANY_ROWS) == (rows == 5)
   model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=64)
   params = model.pretrained.trainable
-  batch = _batch(model.config.vocab_size)
+  batch = _batch(model.config.vocab_size, rows=rows, length=length)
   (loss, _), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
       params, {k: jnp.asarray(v) for k, v in batch.items()}, None)
 
@@ -205,12 +208,14 @@ def test_full_fine_tuning_learns_a_trivial_task_and_evaluates(tmp_path, hf_dir, 
   assert [json.loads(l)["prediction"] for l in (tmp_path / "out.jsonl").open()] == ["yes", "yes"]
 
 
-def test_lora_gradients_are_the_full_gradients_projected(hf_dir):
+@pytest.mark.parametrize("rows,length", [(3, 12), (5, 64)])
+def test_lora_gradients_are_the_full_gradients_projected(hf_dir, rows, length):
   """At B = 0: dL/dB = scale * dL/dW A^T and dL/dA = 0, for every targeted projection."""
   lora = llama.LoraConfig(rank=4, alpha=8.0, targets=("q_proj", "down_proj"))
   base = decoder_only.build_model(weights=str(hf_dir), max_seq_len=64)
   adapted = decoder_only.build_model(weights=str(hf_dir), max_seq_len=64, lora=lora)
-  batch = {k: jnp.asarray(v) for k, v in _batch(base.config.vocab_size).items()}
+  batch = {k: jnp.asarray(v) for k, v in
+           _batch(base.config.vocab_size, rows=rows, length=length).items()}
   full_grads = jax.grad(lambda p: base.loss_fn(p, batch, None)[0])(base.pretrained.trainable)
   adapters = adapted.init_params(jax.random.key(3))
   grads = jax.grad(lambda a: adapted.loss_fn(

@@ -69,6 +69,38 @@ def _dense_init(axes: tuple[str, ...]) -> nn.initializers.Initializer:
 MANY_ROWS = 256
 
 
+@jax.custom_vjp
+def _rows_by_weight(x: jax.Array, weight: jax.Array) -> jax.Array:
+  """``x [rows, in] @ weight [out, in]^T`` accumulated in float32.
+
+  The VJP is written by hand so that XLA:CPU sees the weight gradient as one
+  2-D dot contracting the rows of ``dy [rows, out]`` and ``x [rows, in]``. The
+  autodiff transpose of the same product over ``[batch, length, ...]`` operands
+  contracts two row axes; layout assignment then writes a transposed copy of
+  the big ``dy`` before a YNNPACK dot, in a loop fusion that runs at about
+  130 MB/s (a third of a decoder layer's backward in the SmolLM2 LoRA step;
+  docs/benchmarks.md has the profile and the measured step times).
+  """
+  return jax.lax.dot_general(x, weight, (((1,), (1,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def _rows_by_weight_fwd(x: jax.Array, weight: jax.Array):
+  return _rows_by_weight(x, weight), (x, weight)
+
+
+def _rows_by_weight_bwd(residuals, dy: jax.Array):
+  x, weight = residuals
+  dx = jax.lax.dot_general(dy.astype(weight.dtype), weight, (((1,), (0,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+  dweight = jax.lax.dot_general(dy.astype(x.dtype), x, (((0,), (0,)), ((), ())),
+                                preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dweight.astype(weight.dtype)
+
+
+_rows_by_weight.defvjp(_rows_by_weight_fwd, _rows_by_weight_bwd)
+
+
 def project(x: jax.Array, weight: jax.Array, num_in: int) -> jax.Array:
   """``x[..., *in] -> [..., *out]`` for ``weight [*out, *in]``, accumulating in float32.
 
@@ -76,17 +108,17 @@ def project(x: jax.Array, weight: jax.Array, num_in: int) -> jax.Array:
   transposed: XLA:CPU keeps the weight as the row-major left operand (its
   stored layout) instead of copying it into a transposed buffer, which its
   layout assignment does for a right-hand operand inside the decode loop; the
-  matmul runs up to 2x faster. Many rows (training, prefill) are written
-  ``x @ weight^T``: the transposes of the other form and of its gradients cost
-  more there (SmolLM2 shape, batch 8 x 128, fp32: a full fine-tuning step
-  7.3 -> 6.4 s, a LoRA step 10.2 -> 6.4 s on a 2-core Xeon).
+  matmul runs up to 2x faster. Many rows (training, prefill) are flattened to
+  one 2-D ``x @ weight^T`` with a hand-written VJP (``_rows_by_weight``): the
+  transposes of the other form and of its autodiff gradients cost more there.
   """
   num_out = weight.ndim - num_in
   batch = x.ndim - num_in
   if math.prod(x.shape[:batch]) >= MANY_ROWS:
-    dims = ((tuple(range(batch, x.ndim)), tuple(range(num_out, weight.ndim))), ((), ()))
-    return jax.lax.dot_general(x.astype(weight.dtype), weight, dims,
-                               preferred_element_type=jnp.float32)
+    out_shape, in_size = weight.shape[:num_out], math.prod(weight.shape[num_out:])
+    y = _rows_by_weight(x.astype(weight.dtype).reshape(-1, in_size),
+                        weight.reshape(-1, in_size))
+    return y.reshape(x.shape[:batch] + out_shape)
   dims = ((tuple(range(num_out, weight.ndim)), tuple(range(batch, x.ndim))), ((), ()))
   y = jax.lax.dot_general(weight, x.astype(weight.dtype), dims,
                           preferred_element_type=jnp.float32)
