@@ -125,3 +125,17 @@ def test_small_world_without_shrink_train_raises():
     synthetic.generate_community("trivia", config)
   shrunk = synthetic.generate_community("trivia", dataclasses.replace(config, shrink_train=True))
   assert len(shrunk["test"]) == 60 and 0 < len(shrunk["train"]) < 200
+
+
+def test_splits_are_a_random_partition_not_the_drawing_order():
+  """In a small world the templates with few distinct questions run out first; the test split
+  must still hold them (it was the tail of the drawing order and held none)."""
+  config = synthetic.demo_world()
+  kinds = {"freeze": "river through", "same river": "same river", "climate": "climate",
+           "older": "older than", "bridges": "bridges"}
+  data = synthetic.generate_community("strategy", config)
+
+  def kinds_of(records):
+    return {k for r in records for k, text in kinds.items() if text in r.question}
+
+  assert kinds_of(data["test"]) == kinds_of(data["train"]) == set(kinds)

@@ -29,7 +29,7 @@ _STATE: dict[str, object] = {}
 def embedded_communities(config: synthetic.SyntheticConfig = synthetic.SyntheticConfig(), *,
                          cache_dir: str | os.PathLike | None = None) -> list[Path]:
   """Manifest paths of the embedded communities, built once per config."""
-  key = hashlib.sha256(repr(config).encode()).hexdigest()[:12]
+  key = hashlib.sha256(f"{synthetic.GENERATOR_VERSION}:{config!r}".encode()).hexdigest()[:12]
   root = Path(cache_dir) if cache_dir else io_lib.default_cache_dir() / "communities"
   out = root / f"embedded-{key}"
   manifests = [out / name / records_lib.MANIFEST_FILENAME for name in synthetic.COMMUNITY_NAMES]
