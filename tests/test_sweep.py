@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from cdc_jax import provenance
 from cdc_jax.coalitions import examples, experiment, results, sweep
 from tests import train_helpers
 
@@ -58,6 +59,11 @@ def test_sweep_runs_skips_finished_and_reports_failures(tmp_path, capsys):
   assert rows[0].steps == 2 and rows[0].num_examples == {"yesland": 8}
   assert 0.0 <= rows[0].accuracy["yesland"] <= 1.0
   assert "acc_yesland" in (tmp_path / "sweep" / "results.csv").read_text().splitlines()[0]
+  # Each run records the commit and machine it ran on.
+  attempts = provenance.read(tmp_path / "sweep" / "yesland.L6.label_only.s0")
+  assert len(attempts) == 1
+  assert attempts[0]["commit"] == provenance.code_version()["commit"]
+  assert attempts[0]["cpu"] == provenance.cpu_model()
   # Per-example outcomes, next to result.json and gathered for the sweep.
   run_examples = examples.read_examples(
       tmp_path / "sweep" / "yesland.L6.label_only.s0" / results.EXAMPLES_FILENAME)[None]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from cdc_jax import compilation_cache, names
+from cdc_jax import compilation_cache, names, provenance
 from cdc_jax import io as io_lib
 
 RUN_CONFIG = "run.json"
@@ -142,6 +142,7 @@ def run_coalition(spec: CoalitionSpec, run_dir: str | os.PathLike, *,
 
   run_dir = Path(run_dir)
   start = time.time()
+  provenance.record_attempt(run_dir)
   if register_tasks is not None:
     register_tasks()
   mixture = register_mixture(spec)

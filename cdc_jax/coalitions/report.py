@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from cdc_jax import io as io_lib
-from cdc_jax import names
+from cdc_jax import names, provenance
 from cdc_jax.coalitions import analysis as analysis_lib
 from cdc_jax.coalitions import bootstrap
 from cdc_jax.coalitions import examples as examples_lib
@@ -327,6 +327,10 @@ def report_sweep(sweep_dir: str | os.PathLike, *, out_dir: str | os.PathLike | N
       notes.append(f"{len(unfinished)} run directories have no {results_lib.RESULT_FILENAME} "
                    f"(unfinished, not in this report): "
                    f"{', '.join(p.name for p in unfinished)}.")
+  run_dirs = [sweep_dir / row.run for row in rows if (sweep_dir / row.run).is_dir()]
+  recorded = provenance.summary(run_dirs)
+  if recorded:
+    notes.append(recorded)
   path = build_report(rows, out_dir or sweep_dir, source=str(source), tolerance=tolerance,
                       notes=notes, analyses=analyses)
   return SweepReport(path, tuple(rows), Path(source), tuple(notes))
