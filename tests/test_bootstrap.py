@@ -221,3 +221,38 @@ def test_report_with_examples_prints_intervals(tmp_path, capsys):
   assert "with 95% intervals and baselines" in text
   assert "| teacher | - |" in text
   assert "~ marks a difference whose 95% interval contains 0" in text
+
+
+def test_fine_tuned_minus_zero_shot_is_paired_on_the_same_examples(tmp_path):
+  rows, outcomes = _sweep()
+  zero_run = "zero_shot.a_b.L6.cot_label.s0"
+  outcomes[zero_run] = [ExampleOutcome(c, f"{c}-{i:04d}", i % 4 == 0, answer="x",
+                                       majority_correct=i % 3 == 0, teacher_correct=i % 10 != 0,
+                                       chance=0.25) for c in ("a", "b") for i in range(N)]
+  rows.append(RunResult(run=zero_run, members=("a", "b"), level=6, format="cot_label", seed=0,
+                        accuracy={"a": 0.25, "b": 0.25}, num_examples={"a": N, "b": N},
+                        train_examples={"a": 0, "b": 0}, steps=0, wall_s=1.0,
+                        baseline="zero_shot"))
+  (result,) = analysis.analyse(rows, outcomes, resamples=500).values()
+  a, ab = frozenset({"a"}), frozenset({"a", "b"})
+  over = result.over_zero_shot[a]["a"]
+  assert over.value == pytest.approx(result.accuracy[a]["a"].value - 0.25)
+  assert over.excludes_zero and over.low > 0.1
+  # Paired: the difference's interval is narrower than the two accuracies' widths added.
+  widths = (result.accuracy[a]["a"].high - result.accuracy[a]["a"].low
+            + result.baselines[analysis.ZERO_SHOT]["a"].high
+            - result.baselines[analysis.ZERO_SHOT]["a"].low)
+  assert over.high - over.low < widths
+  assert set(result.over_zero_shot[ab]) == {"a", "b"}
+
+  sweep = tmp_path / "sweep"
+  for row in rows:
+    results.write_result(sweep / row.run, row)
+    examples.write_examples(sweep / row.run / results.EXAMPLES_FILENAME, outcomes[row.run])
+  assert report_cli.main([str(sweep), "--resamples", "500"]) == 0
+  text = (sweep / "report.md").read_text()
+  assert "| fine-tuned - zero-shot | a | b |" in text
+  assert f"| {{a}} | {bootstrap.format_interval(over, signed=True, mark=True)} | - |" in text
+  assert (f"standalone a: {bootstrap.format_interval(result.accuracy[a]['a'])} is above its "
+          f"chance level 0.335; fine-tuned - zero-shot "
+          f"{bootstrap.format_interval(over, signed=True)} (above the zero-shot student)") in text

@@ -51,6 +51,9 @@ class SettingAnalysis:
   baselines: Mapping[str, Mapping[str, Interval]]
   chance: Mapping[str, float]
   coalition_seeds: Mapping[Coalition, int] = dataclasses.field(default_factory=dict)
+  # acc_i(C) - acc_i(zero-shot student), paired on i's examples (where a zero-shot run exists).
+  over_zero_shot: Mapping[Coalition, Mapping[str, Interval]] = dataclasses.field(
+      default_factory=dict)
 
   @property
   def method(self) -> str:
@@ -168,6 +171,8 @@ def analyse_setting(rows: Sequence[RunResult], examples: Mapping[str, Sequence[E
         values, communities)
   baselines = {name: {c: iv(boot.accuracy(name, c)) for c in communities if boot.has(name, c)}
                for name in (MAJORITY, TEACHER, ZERO_SHOT)}
+  over_zero_shot = {c: {i: iv(boot.accuracy(c, i) - boot.accuracy(ZERO_SHOT, i))
+                        for i in sorted(c) if boot.has(ZERO_SHOT, i)} for c in coalitions}
   seeds = tuple(sorted({r.seed for r in rows if r.baseline is None}))
   return SettingAnalysis(
       setting=setting, communities=communities, seeds=seeds,
@@ -179,7 +184,8 @@ def analyse_setting(rows: Sequence[RunResult], examples: Mapping[str, Sequence[E
       altruistic=altruistic, ir=ir, shapley=shapley, banzhaf=banzhaf, core=core,
       baselines={k: v for k, v in baselines.items() if v}, chance=_chance(rows, examples, boot),
       coalition_seeds={c: len({r.seed for r in rows if r.baseline is None and r.coalition == c})
-                       for c in coalitions})
+                       for c in coalitions},
+      over_zero_shot={c: v for c, v in over_zero_shot.items() if v})
 
 
 def _core_sentence(values: Mapping[Coalition, np.ndarray], phi: Mapping[str, np.ndarray],

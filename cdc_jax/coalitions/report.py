@@ -86,6 +86,12 @@ def _interval_section(a: analysis_lib.SettingAnalysis) -> str:
                                   *(f"altruistic {i}" for i in communities)], gain_rows),
            tables.markdown_table(["coalition", "macro welfare", "weighted welfare", "worst-off"],
                                  welfare_rows)]
+  if a.over_zero_shot:
+    parts.append(tables.markdown_table(
+        ["fine-tuned - zero-shot", *communities],
+        [[incentives.coalition_name(c),
+          *(iv(a.over_zero_shot[c].get(i), signed=True, mark=True) for i in communities)]
+         for c in tables.coalitions_of(a) if c in a.over_zero_shot]))
   if a.shapley is not None:
     parts.append(tables.markdown_table(
         ["community", "Shapley", "Banzhaf"],

@@ -158,8 +158,14 @@ def verdicts(a: analysis_lib.SettingAnalysis) -> str:
     if alone is None:
       continue
     verdict = "above" if alone.above(a.chance[c]) else "NOT above"
-    out.append(f"standalone {c}: {bootstrap.format_interval(alone)} is {verdict} its chance "
-               f"level {a.chance[c]:.3f}")
+    line = (f"standalone {c}: {bootstrap.format_interval(alone)} is {verdict} its chance "
+            f"level {a.chance[c]:.3f}")
+    over = a.over_zero_shot.get(frozenset({c}), {}).get(c)
+    if over is not None:
+      line += (f"; fine-tuned - zero-shot {bootstrap.format_interval(over, signed=True)} "
+               + ("(above the zero-shot student)" if over.low > 0 else
+                  "(below the zero-shot student)" if over.high < 0 else "(not significant)"))
+    out.append(line)
   effects = a.significant_effects()
   if effects:
     out.append("coalition effects whose 95% interval excludes 0: " + "; ".join(
