@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -46,6 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import train_throughput as common  # pylint: disable=g-import-not-at-top
+
+from cdc_jax import provenance  # pylint: disable=g-import-not-at-top
 
 VOCAB, HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, HEAD_DIM = 49152, 576, 1536, 9, 3, 64
 RANK, ALPHA = 16, 32.0
@@ -191,13 +192,6 @@ def _run(worker: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _cpu_model() -> str:
-  for line in Path("/proc/cpuinfo").read_text().splitlines():
-    if line.startswith("model name"):
-      return line.split(":", 1)[1].strip()
-  return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
   """Prints step time, tokens/s, %peak and peak RSS per framework and mode."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -221,7 +215,7 @@ def main() -> None:
   peak = _run("peak", "full", args)["gflops"]
   peak_rate = max(peak.values())
   tokens = args.batch * args.length
-  print(f"{_cpu_model()} | {args.threads or len(os.sched_getaffinity(0))} threads | load average "
+  print(f"{provenance.cpu_model()} | {args.threads or len(os.sched_getaffinity(0))} threads | load average "
         f"{os.getloadavg()[0]:.1f} (shared CPU: indicative figures)")
   print("fp32 2048^3 matmul: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items())
         + f" GFLOP/s -> peak {peak_rate:.1f}")

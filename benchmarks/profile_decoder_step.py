@@ -32,6 +32,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import decoder_train_throughput as bench  # pylint: disable=g-import-not-at-top
 
+from cdc_jax import provenance  # pylint: disable=g-import-not-at-top
+
 # HLO instruction names ("ynn_fusion.12", "copy_bitcast_fusion"); the runtime's own events
 # ("ThunkExecutor::Execute", "SlinkyThreadPool::Await") wrap them and are left out.
 _HLO_OP = re.compile(r"[a-z][a-z0-9_\-]*(\.\d+)?")
@@ -81,7 +83,9 @@ def main() -> None:
       start = time.perf_counter()
       step()
       times.append(time.perf_counter() - start)
-    print(f"{args.mode}, {args.layers} layers, batch {args.batch} x {args.length}: step s "
+    print(f"{provenance.cpu_model()}, {len(os.sched_getaffinity(0))} threads, load average "
+          f"{os.getloadavg()[0]:.1f}: {args.mode}, {args.layers} layers, batch {args.batch} x "
+          f"{args.length}: step s "
           + ", ".join(f"{t:.3f}" for t in times), flush=True)
     jax.profiler.start_trace(trace_dir)
     for _ in range(recorded):

@@ -209,12 +209,17 @@ def test_analysis_rejects_runs_with_missing_example_ids():
     analysis.analyse(rows, outcomes, resamples=10)
 
 
-def test_report_with_examples_prints_intervals(tmp_path, capsys):
-  rows, outcomes = _sweep()
-  sweep = tmp_path / "sweep"
+def _write_sweep(sweep, rows, outcomes):
+  """A sweep directory: each run's result.json and examples.jsonl."""
   for row in rows:
     results.write_result(sweep / row.run, row)
     examples.write_examples(sweep / row.run / results.EXAMPLES_FILENAME, outcomes[row.run])
+  return sweep
+
+
+def test_report_with_examples_prints_intervals(tmp_path, capsys):
+  rows, outcomes = _sweep()
+  sweep = _write_sweep(tmp_path / "sweep", rows, outcomes)
   assert report_cli.main([str(sweep), "--resamples", "200"]) == 0
   text = (sweep / "report.md").read_text()
   assert "200 paired bootstrap resamples" in text
@@ -245,10 +250,7 @@ def test_fine_tuned_minus_zero_shot_is_paired_on_the_same_examples(tmp_path):
   assert over.high - over.low < widths
   assert set(result.over_zero_shot[ab]) == {"a", "b"}
 
-  sweep = tmp_path / "sweep"
-  for row in rows:
-    results.write_result(sweep / row.run, row)
-    examples.write_examples(sweep / row.run / results.EXAMPLES_FILENAME, outcomes[row.run])
+  sweep = _write_sweep(tmp_path / "sweep", rows, outcomes)
   assert report_cli.main([str(sweep), "--resamples", "500"]) == 0
   text = (sweep / "report.md").read_text()
   assert "| fine-tuned - zero-shot | a | b |" in text
