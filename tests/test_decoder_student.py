@@ -286,6 +286,66 @@ def test_packed_rows_keep_examples_apart(hf_dir):
                              rtol=1e-5, atol=1e-5)
 
 
+def test_learnability_gap_scores_traces_as_the_lora_student_trains_and_selects(tmp_path, hf_dir,
+                                                                              tasks, monkeypatch):
+  """The allocation claim with a decoder-only LoRA student restored from its base weights (as
+  from the SmolLM2 GGUF) and its vocabulary: a trace's student reward is the per-token
+  log-likelihood of the task's own training features (chat prompt, no EOS after it), its token
+  count theirs, and the policy keeps the largest gaps that fit the budget."""
+  import seqio
+
+  from cdc_jax.coalitions import sweep
+  from cdc_jax.contribution import allocation, allocation_sweep, rewards, selection
+  from cdc_jax.data import records as R
+
+  _, vocab = tasks
+  community = registry.registered_community("yesdec")
+  options = community.options
+  train = R.load_community(community.manifest_path).records["train"]
+  counts = rewards.vocabulary_token_counter(vocab, level=6, options=options)(train)
+  budget = sum(counts) // 2
+  model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=128, eos_id=vocab.eos_id,
+                                   lora=llama.LoraConfig(rank=2))
+  calls = []
+  monkeypatch.setattr(sweep, "run_sweep", lambda **kwargs: calls.append(kwargs) or [])
+  allocation_sweep.run_allocation_sweep(
+      spec=sweep.SweepSpec(communities=("yesdec",), seeds=(0,)), sweep_dir=str(tmp_path / "s"),
+      source_communities=[str(community.manifest_path)], gin_files=["gin/x.gin"],
+      budget_tokens=budget, random_seeds=(0,), level=6, model=model, checkpoint=hf_dir,
+      band=allocation.GapBand(max_gap=100.0), vocabulary=vocab, task_options=options)
+  name = f"learnability_gap:tokens={budget}"
+  assert [c["spec"].selection for c in calls] == [name, f"random:tokens_of={name}:seed=0"]
+  policy_dir = tmp_path / "s" / ".communities" / name.replace(":", "_") / "yesdec"
+  summary = json.loads((policy_dir / selection.SELECTION_FILENAME).read_text())
+  assert summary["made_with"]["prompt"] == {"template": "chat", "inputs_eos": False}
+  assert summary["made_with"]["checkpoint"] == str(hf_dir)
+  student = {score["id"]: score["student"] for score in summary["scores"]}
+
+  # The same traces as the student trains on them, scored by the base model (zero adapters).
+  ds = seqio.get_dataset("cdc.yesdec.L6.cot_label", task_feature_lengths=LENGTHS,
+                         dataset_split="train", shuffle=False,
+                         feature_converter=decoder_only.PromptCompletionConverter(pack=False))
+  features = list(ds.as_numpy_iterator())
+  assert [vocab.decode(ex["decoder_target_tokens"][ex["decoder_loss_weights"] > 0].tolist())
+          for ex in features] == [f"{r.rationales[6]} So the answer is yes." for r in train]
+  batch = {k: np.stack([ex[k] for ex in features]) for k in features[0]}
+  adapters = jax.eval_shape(model.init_params, jax.random.key(0))
+  base = model.merge_params(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), adapters),
+                            model.pretrained.frozen)
+  totals = np.asarray(jax.jit(model.score_batch)(base, batch))
+  values = totals / batch["decoder_loss_weights"].sum(axis=1)
+  np.testing.assert_allclose([student[r.id] for r in train], values, rtol=1e-5)
+  assert counts == (batch["decoder_target_tokens"] != 0).sum(axis=1).tolist()
+
+  # No reference: the gap is the student's per-token loss; largest first, first fit.
+  kept, used = [], 0
+  for value, count, record in sorted(zip(values, counts, train), key=lambda x: (x[0], x[2].id)):
+    if used + count <= budget:
+      kept, used = kept + [record.id], used + count
+  assert sorted(summary["selected"]) == sorted(kept) and summary["kept_tokens"] == used
+  assert 0 < len(kept) < len(train) and summary["report"]["bands"]["learnable"] == len(train)
+
+
 def test_build_model_and_lora_config_refuse_bad_input(hf_dir):
   with pytest.raises(ValueError, match="exactly one of weights="):
     decoder_only.build_model()

@@ -438,3 +438,26 @@ def test_claim_sweeps_parse_and_bind_the_real_communities(files, fn, runs):
   finally:
     gin.clear_config()
   assert len(spec.runs()) == runs and spec.communities == ["strategyqa"]
+
+
+def test_claim_allocation_smollm2_scores_with_the_student_s_weights_prompt_and_vocabulary():
+  """The 2-core SmolLM2 claim: csqa level 3, 3 selections x 2 seeds; its base weights score the
+  traces in the runs' chat prompt and vocabulary (checked unevaluated: nothing is loaded)."""
+  fn = "allocation_sweep.run_allocation_sweep"
+  gin.clear_config()
+  try:
+    config_cli.parse_gin(["gin/sweeps/claim_allocation_smollm2.gin"], COMMON[:2])
+    value = lambda name: gin.query_parameter(f"{fn}.{name}").scoped_configurable_fn()
+    assert value("source_communities") == ["/data/c/csqa/community.json"]
+    assert [gin.query_parameter(m) for m in ("%LEVEL", "%BUDGET_TOKENS", "%RANDOM_SEEDS",
+                                             "%RUN_GIN_FILES")] == [
+        3, 22800, [0, 1], ["gin/experiments/smollm2_lora_coalition_cpu.gin"]]
+    assert [repr(gin.query_parameter(p)) for p in ("%STUDENT_CHECKPOINT", f"{fn}.vocabulary",
+                                                   f"{fn}.model")] == [
+        "%WEIGHTS", "%VOCABULARY", "%MODEL"]
+    options = value("task_options")
+    assert (options.prompt_template, options.inputs_eos) == ("chat", False)
+    spec = value("spec")
+  finally:
+    gin.clear_config()
+  assert spec.communities == ["csqa"] and len(spec.runs()) == 2  # Per selection.

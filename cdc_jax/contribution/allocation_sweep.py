@@ -1,18 +1,21 @@
 r"""A selection policy vs random at an equal token budget: selected communities, then one sweep.
 
     python -m cdc_jax.contribution.allocation_sweep \
-        --gin_file=gin/sweeps/allocation_vs_random.gin --gin.SWEEP_DIR="'runs/allocation'" \
-        --gin.DATA_ROOT="'/data/cdc/communities'" --gin.STUDENT_CHECKPOINT="'/models/student'" \
+        --gin_file=gin/sweeps/claim_allocation_smollm2.gin \
+        --gin.SWEEP_DIR="'results/claim_allocation'" --gin.DATA_ROOT="'runs/real_cpu'" \
         [--dry_run]
 
+(another student: its model gin, then ``gin/sweeps/claim_allocation.gin``).
+
 Per source community, the policy (default ``learnability_gap``, scored by the
-student at ``checkpoint``) keeps traces within ``budget_tokens``; then per
-``random_seeds`` seed, ``random`` keeps a sample of the tokens the policy
-kept in that community (first fit: within one trace of it). The copies live
-under ``SWEEP_DIR/.communities/<variant>/<community>`` and are reused when
-their ``selection.json`` matches. The grid of ``spec`` (at the selection's
-level and format) then runs once per variant, each result recording its
-selection: ``learnability_gap:tokens=20000`` or
+student at ``checkpoint`` in the runs' prompt, ``task_options``) keeps traces
+within ``budget_tokens``; then per ``random_seeds`` seed, ``random`` keeps a
+sample of the tokens the policy kept in that community (first fit: within one
+trace of it). The copies live under
+``SWEEP_DIR/.communities/<variant>/<community>`` and are reused when their
+``selection.json`` matches. The grid of ``spec`` (at the selection's level and
+format) then runs once per variant, each result recording its selection:
+``learnability_gap:tokens=20000`` or
 ``random:tokens_of=learnability_gap:tokens=20000:seed=0``.
 """
 
@@ -20,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from cdc_jax.coalitions import results
 from cdc_jax.coalitions import sweep as sweep_lib
@@ -29,6 +33,9 @@ from cdc_jax.contribution import rewards, selection, variants
 from cdc_jax.contribution.allocation import GapBand
 from cdc_jax.contribution.budgets import Budget, TokenCounter
 from cdc_jax.data import records as records_lib
+
+if TYPE_CHECKING:  # seqio and TensorFlow load when the sweep runs, not at import.
+  from cdc_jax.tasks import registry
 
 SELECTED_COMMUNITIES_DIR = ".communities"
 
@@ -95,10 +102,11 @@ def run_allocation_sweep(*, spec: sweep_lib.SweepSpec, sweep_dir: str,
                          gin_bindings: Sequence[str] = (), budget_tokens: int,
                          policy: str = "learnability_gap", random_seeds: Sequence[int] = (0, 1, 2),
                          level: int = 6, fmt: str = "cot_label", model=None,
-                         checkpoint: str | None = None, reference_model=None,
-                         reference_checkpoint: str | None = None, reference_ceiling: float = 0.0,
-                         band: GapBand = GapBand(), spm_model: str | None = None,
-                         vocabulary=None,
+                         checkpoint: str | os.PathLike | None = None, reference_model=None,
+                         reference_checkpoint: str | os.PathLike | None = None,
+                         reference_ceiling: float = 0.0, band: GapBand = GapBand(),
+                         spm_model: str | None = None, vocabulary=None,
+                         task_options: registry.TaskOptions | None = None,
                          student: rewards.Reward | None = None,
                          reference: rewards.Reward | None = None,
                          count_tokens: TokenCounter | None = None, workers: int = 1,
@@ -119,10 +127,19 @@ def run_allocation_sweep(*, spec: sweep_lib.SweepSpec, sweep_dir: str,
     reference_ceiling, band: the learnability_gap thresholds (gin/contribution/allocation.gin).
     spm_model, vocabulary: the runs' SentencePiece model, or their vocabulary itself (e.g. a
       decoder-only student's ``llama_vocabulary``): tokens are counted and scored with it.
+    task_options: the runs' task options (None: ``TaskOptions()``; gin binds
+      ``@catalog.default_options()``, which a decoder-only student's model gin sets to its chat
+      prompt): traces are scored and counted in the runs' prompt.
     student, reference, count_tokens: replace the model-backed rewards and counter (tests).
     workers, dry_run: as for :func:`cdc_jax.coalitions.sweep.run_sweep`.
   """
+  from cdc_jax.tasks import registry
+
   spec = dataclasses.replace(spec, levels=(level,), formats=(fmt,))
+  options = registry.TaskOptions() if task_options is None else task_options
+  # Paths as text: they are recorded in each selection.json (gin may give a Path).
+  checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+  reference_checkpoint = None if reference_checkpoint is None else os.fspath(reference_checkpoint)
   by_name = {records_lib.read_manifest(m).name: m for m in source_communities}
   missing = sorted(set(spec.communities) - set(by_name))
   if missing:
@@ -140,16 +157,18 @@ def run_allocation_sweep(*, spec: sweep_lib.SweepSpec, sweep_dir: str,
     if m is None or path is None:
       raise ValueError(f"the {policy} policy needs a model and its checkpoint (or student=)")
     return rewards.model_log_likelihood(model=m, vocabulary=vocab, checkpoint=path, level=level,
-                                        fmt=fmt)
+                                        fmt=fmt, options=options)
 
   if student is None and policy in ("heuristic", "learnability_gap"):
     student = model_reward(model, checkpoint)
   if reference is None and reference_checkpoint is not None:
     reference = model_reward(reference_model or model, reference_checkpoint)
-  count_tokens = count_tokens or rewards.vocabulary_token_counter(vocab, level=level, fmt=fmt)
+  count_tokens = count_tokens or rewards.vocabulary_token_counter(vocab, level=level, fmt=fmt,
+                                                                  options=options)
   made_with = {"checkpoint": checkpoint, "reference_checkpoint": reference_checkpoint,
                "band": dataclasses.asdict(band), "reference_ceiling": reference_ceiling,
-               "level": level, "format": fmt, "spm_model": spm_model}
+               "level": level, "format": fmt, "spm_model": spm_model,
+               "prompt": {"template": options.prompt_template, "inputs_eos": options.inputs_eos}}
   selected = materialise_selections(
       [by_name[c] for c in sorted(spec.communities)], Path(sweep_dir) / SELECTED_COMMUNITIES_DIR,
       policy=policy, budget=Budget(tokens=budget_tokens),

@@ -209,7 +209,9 @@ class DecoderOnlyModel:
                        f"({self.config})")
     if self.lora is None:
       return params
-    return merge_trees(jax.device_get(self.init_params(jax.random.key(0))), params)
+    # Jitted, XLA drops the random init of the base weights that eager init computes (only the
+    # adapters are returned): 9 s instead of 14 s for SmolLM2-135M on 2 busy CPU cores.
+    return merge_trees(jax.device_get(jax.jit(self.init_params)(jax.random.key(0))), params)
 
   # --- Loss -------------------------------------------------------------------
 

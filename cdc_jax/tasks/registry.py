@@ -99,6 +99,17 @@ def output_features(vocabulary: seqio.Vocabulary, *,
           "targets": seqio.Feature(vocabulary, add_eos=True)}
 
 
+def prompt_template(options: TaskOptions, vocabulary: seqio.Vocabulary) -> str:
+  """The template (one ``{inputs}``) the tasks put their inputs in; "chat": the vocabulary's."""
+  if options.prompt_template != "chat":
+    return options.prompt_template
+  template = getattr(vocabulary, "chat_prompt_template", None)
+  if template is None:
+    raise ValueError(f"prompt_template='chat' needs a vocabulary with a chat template; "
+                     f"{type(vocabulary).__name__} has none")
+  return template
+
+
 def _vocab_id(vocabulary: seqio.Vocabulary) -> str:
   source = getattr(vocabulary, "sentencepiece_model_file", None) or getattr(vocabulary, "source", "")
   return f"{type(vocabulary).__name__}:{source}:" \
@@ -122,12 +133,7 @@ def register_community(manifest_path: str | os.PathLike, *, vocabulary: seqio.Vo
   community = community or records_lib.load_community(manifest_path)
   base = f"{_community_hash(community)}:{_vocab_id(vocabulary)}:{options}"
   features = output_features(vocabulary, inputs_eos=options.inputs_eos)
-  template = options.prompt_template
-  if template == "chat":
-    template = getattr(vocabulary, "chat_prompt_template", None)
-    if template is None:
-      raise ValueError(f"prompt_template='chat' needs a vocabulary with a chat template; "
-                       f"{type(vocabulary).__name__} has none")
+  template = prompt_template(options, vocabulary)
   registered = []
   sources = {}
   for level in options.levels:
