@@ -114,7 +114,7 @@ def test_demo_world_states_the_facts_of_its_test_questions_in_training():
     assert covered_pooled >= 0.85 * len(test), (name, covered_pooled)
     assert covered_pooled >= covered_own
     if name == "trivia":  # The small community: the others' rationales state what it lacks.
-      assert covered_pooled >= covered_own + 0.2 * len(test)
+      assert covered_pooled >= covered_own + 0.15 * len(test)
   # Trivia's one-town questions run out in a small world: its train split shrinks.
   assert len(data["trivia"]["train"]) < config.train_size == len(data["strategy"]["train"])
 
@@ -129,8 +129,9 @@ def test_small_world_without_shrink_train_raises():
 
 def test_splits_are_a_random_partition_not_the_drawing_order():
   """In a small world the templates with few distinct questions run out first; the test split
-  must still hold them (it was the tail of the drawing order and held none)."""
-  config = synthetic.demo_world()
+  must still hold them (it was the tail of the drawing order and held none). 240 training
+  questions: the rarest kind (16 same-river questions) then has about 3 expected in test."""
+  config = dataclasses.replace(synthetic.demo_world(), train_size=240)
   kinds = {"freeze": "river through", "same river": "same river", "climate": "climate",
            "older": "older than", "bridges": "bridges"}
   data = synthetic.generate_community("strategy", config)

@@ -66,12 +66,17 @@ def demo_world() -> SyntheticConfig:
   its training questions and answers test ones at chance. Here every town's
   facts recur in many training rationales of every community, so a test
   question (never seen in training) is answerable from what training states,
-  and pooling communities multiplies how often each fact is seen.
+  and pooling communities multiplies how often each fact is seen. Its 480
+  training questions per community (trivia's run out at 52) state each town's
+  numbers often enough that the student recalls them for new pairs of towns:
+  with 240, strategy's student, which must recall two towns' founding years or
+  bridge counts for most questions, recalled both numbers in 4-6 of 40 test
+  comparisons after 300 steps and stayed at chance (seeds 0 and 1, 2-core Xeon).
   """
   return SyntheticConfig(**DEMO_WORLD)
 
 
-DEMO_WORLD = {"num_towns": 16, "num_rivers": 4, "train_size": 240, "test_size": 60,
+DEMO_WORLD = {"num_towns": 16, "num_rivers": 4, "train_size": 480, "test_size": 60,
               "shrink_train": True}
 
 
