@@ -188,15 +188,12 @@ def encode_inputs(vocabulary: Any, texts: Sequence[str], length: int, *,
 
 def _prompt_options(vocab: Any, spm_model: str | None) -> tuple[str, bool]:
   """(prompt template, EOS after the inputs) of the tasks the model was trained on."""
-  from cdc_jax.tasks import catalog
+  from cdc_jax.tasks import catalog, registry
 
   options = catalog.process_options() if spm_model is None else None
   if options is None:
     return "{inputs}", True
-  template = options.prompt_template
-  if template == "chat":
-    template = vocab.chat_prompt_template
-  return template, options.inputs_eos
+  return registry.prompt_template(options, vocab), options.inputs_eos
 
 
 def _vocabulary(model: Any, spm_model: str | None, extra_ids: int,
