@@ -34,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(f"read {len(done.rows)} runs ({settings} settings) from {done.source}")
   for note in done.notes:
     print(note)
+  if done.contrasts:
+    print("settings compared (paired differences, 95% intervals; ~: contains 0):")
+  for c in done.contrasts:
+    print(f"  {c.community} in {incentives.coalition_name(c.coalition)}: {c.setting} - "
+          f"{c.reference} = {bootstrap.format_interval(c.difference, signed=True, mark=True)}")
   print(f"wrote {done.path}")
   return 0
 

@@ -21,6 +21,7 @@ from cdc_jax import io as io_lib
 from cdc_jax import names, provenance
 from cdc_jax.coalitions import analysis as analysis_lib
 from cdc_jax.coalitions import bootstrap
+from cdc_jax.coalitions import contrasts as contrasts_lib
 from cdc_jax.coalitions import examples as examples_lib
 from cdc_jax.coalitions import incentives
 from cdc_jax.coalitions import results as results_lib
@@ -177,11 +178,14 @@ def _primary_setting(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage
 
 def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, source: str = "",
                  tolerance: float = 0.0, notes: Sequence[str] = (),
-                 analyses: Mapping[Setting, analysis_lib.SettingAnalysis] | None = None) -> Path:
+                 analyses: Mapping[Setting, analysis_lib.SettingAnalysis] | None = None,
+                 contrasts: Sequence[contrasts_lib.Contrast] = ()) -> Path:
   """Writes ``report.md`` and its figures into ``out_dir``; returns the report's path.
 
   ``analyses`` (:func:`cdc_jax.coalitions.analysis.analyse`) add 95% intervals,
-  baselines and chance levels to the tables and error bars to the figures.
+  baselines and chance levels to the tables and error bars to the figures;
+  ``contrasts`` (:func:`cdc_jax.coalitions.contrasts.contrast_settings`) a
+  section comparing settings.
   """
   analyses = analyses or {}
   # matplotlib only when a report is drawn.
@@ -263,6 +267,13 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
     if setting in analyses:
       sections += [f"#### {setting}: with 95% intervals and baselines",
                    _interval_section(analyses[setting])]
+  if contrasts:
+    sections += ["## Settings compared",
+                 "Each coalition's accuracy in one setting minus its accuracy in another, paired "
+                 "on the community's test examples (the same bootstrap draw for both settings; "
+                 "seeds by index); ~ marks a difference whose 95% interval contains 0 (not "
+                 "significant).",
+                 contrasts_lib.contrast_table(contrasts)]
   if points:
     sections += ["## Proportion sweeps", _proportion_section(points)]
   if any(a.setting.eps is not None for a in averages):
@@ -309,6 +320,7 @@ class SweepReport:
   rows: tuple[RunResult, ...]
   source: Path
   notes: tuple[str, ...]
+  contrasts: tuple[contrasts_lib.Contrast, ...] = ()
 
 
 def report_sweep(sweep_dir: str | os.PathLike, *, out_dir: str | os.PathLike | None = None,
@@ -324,8 +336,10 @@ def report_sweep(sweep_dir: str | os.PathLike, *, out_dir: str | os.PathLike | N
   """
   sweep_dir = Path(sweep_dir)
   rows, source = results_lib.load_sweep(sweep_dir)
-  analyses = analysis_lib.analyse(rows, examples_lib.collect_examples(sweep_dir, rows),
-                                  resamples=resamples, tolerance=tolerance)
+  examples = examples_lib.collect_examples(sweep_dir, rows)
+  analyses = analysis_lib.analyse(rows, examples, resamples=resamples, tolerance=tolerance)
+  with_outcomes = [r for r in rows if r.run in examples]
+  contrasts = contrasts_lib.contrast_settings(with_outcomes, examples, resamples=resamples)
   notes = []
   if source == sweep_dir:
     unfinished = results_lib.unfinished_runs(sweep_dir)
@@ -338,5 +352,5 @@ def report_sweep(sweep_dir: str | os.PathLike, *, out_dir: str | os.PathLike | N
   if recorded:
     notes.append(recorded)
   path = build_report(rows, out_dir or sweep_dir, source=str(source), tolerance=tolerance,
-                      notes=notes, analyses=analyses)
-  return SweepReport(path, tuple(rows), Path(source), tuple(notes))
+                      notes=notes, analyses=analyses, contrasts=contrasts)
+  return SweepReport(path, tuple(rows), Path(source), tuple(notes), tuple(contrasts))
