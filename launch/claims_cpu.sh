@@ -72,11 +72,11 @@ main() {
       --budget_tokens=*) budget=(--gin.BUDGET_TOKENS="${arg#*=}") ;;
       --dry_run) dry=(--dry_run) ;;
       -h|--help) usage; return 0 ;;
-      -*) die "unknown option $arg (see --help)" ;;
+      -*) die "unknown option $arg" ;;
       *) positional+=("$arg") ;;
     esac
   done
-  [[ ${#positional[@]} -eq 2 ]] || { usage >&2; die "expected DATA_ROOT and OUT_ROOT"; }
+  [[ ${#positional[@]} -eq 2 ]] || { usage >&2; die "DATA_ROOT and OUT_ROOT are required"; }
   local data="${positional[0]}" out="${positional[1]}"
   [[ -f "$data/$community/community.json" ]] || die "no $data/$community/community.json"
   [[ "$level" =~ ^[1-6]$ ]] || die "--level must be 1..6, got $level"
