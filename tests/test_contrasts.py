@@ -112,3 +112,23 @@ def test_report_has_a_settings_compared_section(tmp_path, capsys):
   assert "| a | {a} | L3 label_cot | L3 cot_label | 0.600 [" in section
   assert "| +0.200 [+0." in section and "| 2 vs 2 | 100 |" in section
   assert "a in {a}: L3 label_cot - L3 cot_label = +0.200 [+0." in capsys.readouterr().out
+
+
+def test_report_with_another_sweep_compares_settings_across_them(tmp_path, capsys):
+  rows, outcomes = _two_formats()
+  main, other = tmp_path / "main", tmp_path / "claim"
+  for row in rows:  # cot_label runs in one sweep, label_cot runs in another.
+    sweep = main if row.format == "cot_label" else other
+    results.write_result(sweep / row.run, row)
+    examples.write_examples(sweep / row.run / results.EXAMPLES_FILENAME, outcomes[row.run])
+  out = tmp_path / "both"
+  assert report_cli.main([str(main), "--with", str(other), "--out", str(out),
+                          "--resamples", "100"]) == 0
+  printed = capsys.readouterr().out
+  assert f"read 4 runs (2 settings) from {main} and {other}" in printed
+  assert "L3 label_cot - L3 cot_label = +0.200" in printed
+  assert "| a | {a} | L3 label_cot | L3 cot_label |" in (out / "report.md").read_text()
+  assert not (main / "report.md").exists()
+  results.write_result(other / rows[0].run, rows[0])  # The same run in both: refused.
+  with pytest.raises(ValueError, match=f"run '{rows[0].run}' is in both {main} and {other}"):
+    report_cli.main([str(main), "--with", str(other), "--out", str(out)])

@@ -324,8 +324,8 @@ class SweepReport:
 
 
 def report_sweep(sweep_dir: str | os.PathLike, *, out_dir: str | os.PathLike | None = None,
-                 tolerance: float = 0.0,
-                 resamples: int = bootstrap.DEFAULT_RESAMPLES) -> SweepReport:
+                 tolerance: float = 0.0, resamples: int = bootstrap.DEFAULT_RESAMPLES,
+                 also: Sequence[str | os.PathLike] = ()) -> SweepReport:
   """Reads a sweep's results and outcomes and writes its report (into ``out_dir`` or the sweep).
 
   Args:
@@ -333,24 +333,38 @@ def report_sweep(sweep_dir: str | os.PathLike, *, out_dir: str | os.PathLike | N
     out_dir: where ``report.md`` and its figures go (default: ``sweep_dir``).
     tolerance: individual rationality allows gains down to ``-tolerance``.
     resamples: bootstrap resamples of test examples and seeds.
+    also: other sweep directories whose runs join the report (e.g. one setting run in a claim
+      sweep, compared with another in the main sweep); a run name may appear only once.
+
+  Raises:
+    ValueError: a run of the same name in two of the directories.
   """
-  sweep_dir = Path(sweep_dir)
-  rows, source = results_lib.load_sweep(sweep_dir)
-  examples = examples_lib.collect_examples(sweep_dir, rows)
-  analyses = analysis_lib.analyse(rows, examples, resamples=resamples, tolerance=tolerance)
-  with_outcomes = [r for r in rows if r.run in examples]
-  contrasts = contrasts_lib.contrast_settings(with_outcomes, examples, resamples=resamples)
-  notes = []
-  if source == sweep_dir:
-    unfinished = results_lib.unfinished_runs(sweep_dir)
+  dirs = [Path(sweep_dir), *map(Path, also)]
+  rows: list[RunResult] = []
+  examples: dict[str, list] = {}
+  sources, notes, run_dirs, seen = [], [], [], {}
+  for directory in dirs:
+    found, source = results_lib.load_sweep(directory)
+    for row in found:
+      if row.run in seen:
+        raise ValueError(f"run {row.run!r} is in both {seen[row.run]} and {directory}; a report "
+                         "reads each run once")
+      seen[row.run] = directory
+    rows += found
+    examples.update(examples_lib.collect_examples(directory, found))
+    sources.append(str(source))
+    run_dirs += [directory / row.run for row in found if (directory / row.run).is_dir()]
+    unfinished = results_lib.unfinished_runs(directory) if source == directory else []
     if unfinished:
       notes.append(f"{len(unfinished)} run directories have no {results_lib.RESULT_FILENAME} "
                    f"(unfinished, not in this report): "
                    f"{', '.join(p.name for p in unfinished)}.")
-  run_dirs = [sweep_dir / row.run for row in rows if (sweep_dir / row.run).is_dir()]
+  analyses = analysis_lib.analyse(rows, examples, resamples=resamples, tolerance=tolerance)
+  with_outcomes = [r for r in rows if r.run in examples]
+  contrasts = contrasts_lib.contrast_settings(with_outcomes, examples, resamples=resamples)
   recorded = provenance.summary(run_dirs)
   if recorded:
     notes.append(recorded)
-  path = build_report(rows, out_dir or sweep_dir, source=str(source), tolerance=tolerance,
+  path = build_report(rows, out_dir or sweep_dir, source="`, `".join(sources), tolerance=tolerance,
                       notes=notes, analyses=analyses, contrasts=contrasts)
-  return SweepReport(path, tuple(rows), Path(source), tuple(notes), tuple(contrasts))
+  return SweepReport(path, tuple(rows), Path(sources[0]), tuple(notes), tuple(contrasts))
