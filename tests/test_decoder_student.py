@@ -346,6 +346,37 @@ def test_learnability_gap_scores_traces_as_the_lora_student_trains_and_selects(t
   assert 0 < len(kept) < len(train) and summary["report"]["bands"]["learnable"] == len(train)
 
 
+def test_selection_cli_scores_with_a_gin_defined_decoder_student(tmp_path, hf_dir, tasks, capsys):
+  """`selection --student_gin`: the model gin's MODEL scores the traces and its VOCABULARY and
+  task options (chat prompt, no EOS after it) count their tokens, as the student trains."""
+  from cdc_jax.contribution import rewards, selection
+  from cdc_jax.data import records as R
+
+  _, vocab = tasks
+  community = registry.registered_community("yesdec")
+  train = R.load_community(community.manifest_path).records["train"]
+  counts = rewards.vocabulary_token_counter(vocab, level=6, options=community.options)(train)
+  out = tmp_path / "selected"
+  assert selection.main([
+      "--community", str(community.manifest_path.parent), "--out", str(out),
+      "--budget_tokens", str(sum(counts) // 2), "--level", "6", "--checkpoint", str(hf_dir),
+      "--student_gin", "gin/models/llama_student.gin", f"--gin.WEIGHTS='{hf_dir}'",
+      "--gin_file", "gin/contribution/allocation.gin", "--gin.MAX_SEQ_LEN=128",
+      "--gin.MAX_GAP=100.0"]) == 0
+  summary = json.loads((out / selection.SELECTION_FILENAME).read_text())
+  model = decoder_only.build_model(weights=str(hf_dir), max_seq_len=128, eos_id=vocab.eos_id)
+  expected = rewards.model_log_likelihood(model=model, vocabulary=vocab, checkpoint=hf_dir,
+                                          level=6, options=community.options)(train)
+  np.testing.assert_allclose([s["student"] for s in summary["scores"]], expected, rtol=1e-5)
+  assert summary["kept_tokens"] <= sum(counts) // 2 < summary["of_tokens"] == sum(counts)
+  assert summary["tokens_counted_as"]["vocabulary"] == "gin/models/llama_student.gin"
+  assert "kept " in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    selection.main(["--community", str(community.manifest_path.parent), "--out", str(out),
+                    "--budget_traces", "1", "--student_gin", "gin/models/llama_student.gin",
+                    "--spm_model", "x.model", "--policy", "random"])
+
+
 def test_build_model_and_lora_config_refuse_bad_input(hf_dir):
   with pytest.raises(ValueError, match="exactly one of weights="):
     decoder_only.build_model()

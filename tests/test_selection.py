@@ -226,9 +226,12 @@ def test_cli_budget_flags(tmp_path, capsys):
 def test_allocation_gin_binds_the_band():
   gin.clear_config()
   try:
-    band = selection._band(["gin/contribution/allocation.gin"], ["MAX_GAP = 2.5"], [])
+    args = selection._parser().parse_args(["--community", "c", "--out", "o", "--gin_file",
+                                           "gin/contribution/allocation.gin"])
+    band, student = selection._configure(args, ["MAX_GAP = 2.5"])
   finally:
     gin.clear_config()
+  assert student is None
   assert band == GapBand(min_gap=0.1, max_gap=2.5, student_fit=None,
                          require_teacher_correct=True, reverse_margin=0.0)
 

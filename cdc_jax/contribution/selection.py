@@ -6,6 +6,8 @@ r"""Contribution selection: which training traces a community shares under a bud
         [--gin.MAX_GAP=2.0] [--spm_model VOCAB.model] [--level 6] [--format cot_label]
     python -m cdc_jax.contribution.selection --community DIR --out DIR --policy random \
         --match_tokens_of OTHER_OUT/selection.json --spm_model VOCAB.model
+    python -m cdc_jax.contribution.selection --community DIR --out DIR --budget_tokens 20000 \
+        --student_gin gin/models/smollm2_135m_lora.gin --checkpoint SMOLLM2.gguf --level 3
 
 Budgets are explicit: ``--budget_traces N`` (traces kept), ``--budget_fraction F``
 (a fraction in (0, 1] of the training traces), ``--budget_tokens T`` (training
@@ -258,7 +260,13 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--weight", type=float, default=0.5, help="heuristic: w of learnability")
   parser.add_argument("--seed", type=int, default=0, help="random: the shuffle's seed")
   parser.add_argument("--checkpoint", help="the current student (heuristic, learnability_gap): "
-                      "a cdc checkpoint or a HF T5 directory")
+                      "a cdc checkpoint or a HF T5 directory; with --student_gin also the base "
+                      "weights (GGUF or HF directory) of a LoRA student")
+  parser.add_argument("--student_gin", action="append", default=[],
+                      help="gin file defining the student as MODEL with its VOCABULARY "
+                      "(repeatable; e.g. gin/models/smollm2_135m_lora.gin): traces are scored and "
+                      "counted in its tasks' prompt; replaces --size/--version/--vocab_size/"
+                      "--spm_model, and a reference checkpoint must fit the same model")
   parser.add_argument("--size", default="tiny", help="the student's T5 size")
   parser.add_argument("--version", default="1.1", help="the student's T5 version")
   parser.add_argument("--vocab_size", type=int, default=1024, help="the student's embedding rows")
@@ -293,15 +301,27 @@ def _budget(parser: argparse.ArgumentParser, args: argparse.Namespace,
     parser.error(f"{args.match_tokens_of}: {e}" if args.match_tokens_of else str(e))
 
 
-def _band(gin_files: Sequence[str], bindings: Sequence[str],
-          search_paths: Sequence[str]) -> GapBand:
-  """The GapBand bound by the gin files and bindings (defaults without any)."""
-  if not gin_files and not bindings:
-    return GapBand()
+STUDENT_GIN = "gin/contribution/selection_student.gin"
+
+
+def gin_student(model=None, vocabulary=None, options=None) -> tuple[Any, Any, Any]:
+  """(model, vocabulary, task options) as ``STUDENT_GIN`` binds them from a model gin."""
+  return model, vocabulary, options
+
+
+def _configure(args: argparse.Namespace, bindings: Sequence[str]) -> tuple[GapBand, tuple | None]:
+  """The GapBand bound by the gin files and bindings (defaults without any) and, with
+  ``--student_gin``, the student's (model, vocabulary, task options)."""
+  student_files = [*args.student_gin, STUDENT_GIN] if args.student_gin else []
+  if not args.gin_file and not bindings and not student_files:
+    return GapBand(), None
   from cdc_jax import config_cli
 
-  config_cli.parse_gin(gin_files, bindings, search_paths)
-  return config_cli.configured("cdc_jax.contribution.allocation", "GapBand")()
+  config_cli.parse_gin([*student_files, *args.gin_file], bindings, args.gin_search_path)
+  band = config_cli.configured("cdc_jax.contribution.allocation", "GapBand")()
+  if not student_files:
+    return band, None
+  return band, config_cli.configured("cdc_jax.contribution.selection", "gin_student")()
 
 
 def _vocabulary(spm_model: str | None):
@@ -313,7 +333,12 @@ def _vocabulary(spm_model: str | None):
   return catalog.process_vocabulary()
 
 
-def _model_reward(args: argparse.Namespace, vocab, checkpoint: str, *, reference: bool) -> Reward:
+def _model_reward(args: argparse.Namespace, vocab, checkpoint: str, *, reference: bool,
+                  student: tuple | None) -> Reward:
+  if student is not None:
+    model, _, options = student
+    return rewards.model_log_likelihood(model=model, vocabulary=vocab, checkpoint=checkpoint,
+                                        level=args.level, fmt=args.format, options=options)
   from cdc_jax.models.encoder_decoder import build_model
   from cdc_jax.models.t5_config import t5_config
 
@@ -333,26 +358,32 @@ def main(argv: Sequence[str] | None = None) -> int:
   bindings, rest = config_cli.split_gin_bindings(list(sys.argv[1:] if argv is None else argv))
   parser = _parser()
   args = parser.parse_args(rest)
-  counted_as = {"vocabulary": args.spm_model or "catalog", "level": args.level,
-                "format": args.format}
+  vocabulary_name = ",".join(args.student_gin) or args.spm_model or "catalog"
+  counted_as = {"vocabulary": vocabulary_name, "level": args.level, "format": args.format}
   budget = _budget(parser, args, counted_as)
   if args.policy not in POLICIES:
     parser.error(f"unknown --policy {args.policy!r}: expected one of {sorted(POLICIES)}")
   needs_student = args.policy in ("heuristic", "learnability_gap")
   if needs_student and not args.checkpoint:
     parser.error(f"--policy {args.policy} needs --checkpoint (the current student)")
-  band = _band(args.gin_file, bindings, args.gin_search_path)
-  vocab = None
-  if needs_student or budget.tokens is not None or args.spm_model:
+  if args.student_gin and args.spm_model:
+    parser.error("--student_gin brings its own vocabulary: leave out --spm_model")
+  band, student = _configure(args, bindings)
+  vocab, options = None, None
+  if student is not None:
+    _, vocab, options = student
+  elif needs_student or budget.tokens is not None or args.spm_model:
     vocab = _vocabulary(args.spm_model)
   inputs = PolicyInputs(
-      student=_model_reward(args, vocab, args.checkpoint, reference=False) if needs_student
-      else None,
-      reference=_model_reward(args, vocab, args.reference_checkpoint, reference=True)
+      student=_model_reward(args, vocab, args.checkpoint, reference=False, student=student)
+      if needs_student else None,
+      reference=_model_reward(args, vocab, args.reference_checkpoint, reference=True,
+                              student=student)
       if needs_student and args.reference_checkpoint else None,
       band=band, reference_ceiling=args.reference_ceiling, weight=args.weight, seed=args.seed)
   counter = (None if vocab is None
-             else rewards.vocabulary_token_counter(vocab, level=args.level, fmt=args.format))
+             else rewards.vocabulary_token_counter(vocab, level=args.level, fmt=args.format,
+                                                   options=options))
   summary = write_selection(args.community, args.out, policy=args.policy, budget=budget,
                             inputs=inputs, count_tokens=counter,
                             notes={"tokens_counted_as": counted_as if counter else None})
