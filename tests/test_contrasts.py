@@ -132,3 +132,17 @@ def test_report_with_another_sweep_compares_settings_across_them(tmp_path, capsy
   results.write_result(other / rows[0].run, rows[0])  # The same run in both: refused.
   with pytest.raises(ValueError, match=f"run '{rows[0].run}' is in both {main} and {other}"):
     report_cli.main([str(main), "--with", str(other), "--out", str(out)])
+
+
+def test_settings_sort_numbers_in_their_selection_by_value():
+  from cdc_jax.coalitions import incentives
+
+  names = ["key_tokens:k=16", "key_tokens:k=4", None, "key_tokens:k=8",
+           "random:tokens_of=learnability_gap:tokens=900:seed=10",
+           "random:tokens_of=learnability_gap:tokens=900:seed=2"]
+  ordered = sorted((Setting(3, "key_tokens", selection=n) for n in names),
+                   key=incentives.setting_sort_key)
+  assert [s.selection for s in ordered] == [
+      None, "key_tokens:k=4", "key_tokens:k=8", "key_tokens:k=16",
+      "random:tokens_of=learnability_gap:tokens=900:seed=2",
+      "random:tokens_of=learnability_gap:tokens=900:seed=10"]

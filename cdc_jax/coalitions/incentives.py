@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 import statistics
 from typing import Iterable, Mapping, Sequence
 
@@ -42,9 +43,12 @@ def setting_of(row: RunResult) -> Setting:
 
 
 def setting_sort_key(setting: Setting) -> tuple:
-  """Orders settings by level, format, then non-private before private."""
+  """Orders settings by level, format, then non-private before private, then selection (its
+  numbers by value: key_tokens:k=4 before k=16)."""
+  selection = tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                    for part in re.split(r"(\d+)", setting.selection or "") if part)
   return (setting.level, setting.format, setting.eps is not None, setting.eps or 0.0,
-          setting.selection is not None, setting.selection or "")
+          setting.selection is not None, selection)
 
 
 def mixture_of(row: RunResult) -> tuple[tuple[str, float], ...] | None:
