@@ -75,11 +75,13 @@ def contrast_settings(rows: Sequence[RunResult], examples: Mapping[str, Sequence
   settings = sorted({s for s, _ in grouped}, key=incentives.setting_sort_key)
   if pairs is None:
     pairs = [(later, earlier) for earlier, later in itertools.combinations(settings, 2)]
-  wanted = [(s, r, c) for s, r in pairs for c in sorted({c for _, c in grouped}, key=lambda c: (
-      len(c), sorted(c))) if (s, c) in grouped and (r, c) in grouped]
+  coalitions = sorted({c for _, c in grouped}, key=lambda c: (len(c), sorted(c)))
+  # (setting, reference, coalition) for each coalition run in both settings of a pair.
+  wanted = [(setting, reference, c) for setting, reference in pairs for c in coalitions
+            if (setting, c) in grouped and (reference, c) in grouped]
   if not wanted:
     return []
-  used = {(s, c) for s, r, c in wanted} | {(r, c) for s, r, c in wanted}
+  used = {(setting, c) for setting, _, c in wanted} | {(ref, c) for _, ref, c in wanted}
   missing = sorted(run.run for key in used for run in grouped[key] if run.run not in examples)
   if missing:
     raise ValueError(f"runs without per-example outcomes: {', '.join(missing)}")
