@@ -14,7 +14,7 @@ Usage: launch/claims_cpu.sh [options] DATA_ROOT OUT_ROOT
 Runs the claims, one after another, with gin/experiments/smollm2_lora_coalition_cpu.gin as
 every run's configuration (SmolLM2-135M-Instruct + LoRA, 48 steps, 200 test questions):
 
-  formats      OUT_ROOT/claim_formats: cot_label, label_cot, permuted_cot
+  formats      OUT_ROOT/claim_formats: label_only, cot_label, label_cot, permuted_cot
                (gin/sweeps/claim_formats.gin)
   key_tokens   OUT_ROOT/claim_formats: key_tokens at k = 4, 8, 16 (gin/sweeps/claim_key_tokens.gin;
                its full-rationale reference is formats' label_cot in the same directory)
@@ -26,7 +26,7 @@ every run's configuration (SmolLM2-135M-Instruct + LoRA, 48 steps, 200 test ques
                --dry_run), then 3 selections (the policy's, 2 random) train per seed
 
 and writes each directory's report.md. DATA_ROOT holds prepared communities (for example
-runs/real_cpu, made as results/real_cpu/README.md says). 28 runs with two seeds (6, 6, 10, 6).
+runs/real_cpu, made as results/real_cpu/README.md says). 30 runs with two seeds (8, 6, 10, 6).
 A level-3 CSQA run took 457 s on an idle 2-core Xeon (48 training steps at 0.23 steps/s, then
 200 questions decoded at 1.19 a second), so budget about 4 hours in all, more on a busy machine.
 

@@ -418,7 +418,7 @@ MANIFESTS = ["/data/c/strategyqa/community.json"]
 
 
 @pytest.mark.parametrize("files,fn,runs", [
-    (["gin/sweeps/claim_formats.gin"], "sweep.run_sweep", 9),
+    (["gin/sweeps/claim_formats.gin"], "sweep.run_sweep", 12),
     (["gin/sweeps/claim_key_tokens.gin"], "variants.run_key_tokens_sweep", 3),  # Per k.
     (["gin/sweeps/claim_privacy.gin"], "variants.run_privacy_sweep", 3),        # Per eps.
     (["gin/models/t5_1_1_tiny.gin", "gin/sweeps/claim_allocation.gin"],
