@@ -146,3 +146,30 @@ def test_settings_sort_numbers_in_their_selection_by_value():
       None, "key_tokens:k=4", "key_tokens:k=8", "key_tokens:k=16",
       "random:tokens_of=learnability_gap:tokens=900:seed=2",
       "random:tokens_of=learnability_gap:tokens=900:seed=10"]
+
+
+def test_k_and_privacy_figures_carry_the_intervals_of_their_points(tmp_path):
+  from cdc_jax.coalitions import analysis, figures, incentives
+
+  rows, outcomes = [], {}
+  for seed in (0, 1):
+    for k, right in ((4, 30), (8, 50)):
+      row, lines = _run("key_tokens", seed, np.arange(N) < right)
+      row = dataclasses.replace(row, run=f"{row.run}.k{k}", selection=f"key_tokens:k={k}")
+      rows.append(row)
+      outcomes[row.run] = lines
+    for eps, right in ((None, 60), (20.0, 45)):
+      row, lines = _run("cot_label", seed, np.arange(N) < right, eps=eps)
+      rows.append(row)
+      outcomes[row.run] = lines
+  analyses = analysis.analyse(rows, outcomes, resamples=200)
+  (curve,) = figures.k_curves(rows, analyses).values()
+  assert sorted(curve) == [4, 8]
+  for k, (value, interval) in curve.items():
+    assert value == pytest.approx({4: 0.3, 8: 0.5}[k]) == pytest.approx(interval.value)
+    assert interval.low < value < interval.high
+  (plain,) = figures.k_curves(rows).values()  # Without analyses: the points alone.
+  assert all(interval is None for _, interval in plain.values())
+  assert figures.plot_accuracy_vs_k(rows, tmp_path / "k.png", analyses=analyses).exists()
+  averages = incentives.average_over_seeds(rows)
+  assert figures.plot_privacy(averages, tmp_path / "eps.png", analyses=analyses).exists()

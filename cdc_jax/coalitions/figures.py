@@ -232,10 +232,13 @@ def plot_shapley(values: Mapping[Setting, Mapping[str, float]], path: str | os.P
   return _save(fig, path)
 
 
-def plot_privacy(averages: Sequence[SeedAverage], path: str | os.PathLike) -> Path:
+def plot_privacy(averages: Sequence[SeedAverage], path: str | os.PathLike,
+                 analyses: Mapping[Setting, object] | None = None) -> Path:
   """Accuracy vs privacy budget eps per (coalition, member, level, format).
 
-  Non-private accuracy (eps None) of the same runs is a dotted line.
+  Non-private accuracy (eps None) of the same runs is a dotted line. With
+  ``analyses`` points get 95% error bars and each community its chance level
+  (dash-dot).
   """
   private = [a for a in averages if a.setting.eps is not None and a.mixture is None]
   if not private:
@@ -245,7 +248,8 @@ def plot_privacy(averages: Sequence[SeedAverage], path: str | os.PathLike) -> Pa
     for member in average.members:
       key = (average.setting.level, average.setting.format, average.setting.selection,
              average.members, member)
-      lines.setdefault(key, {})[average.setting.eps] = average.accuracy[member]
+      lines.setdefault(key, {})[average.setting.eps] = (
+          average.accuracy[member], _interval(analyses, average.setting, average.members, member))
   baseline = {(a.setting.level, a.setting.format, a.setting.selection, a.members, m):
               a.accuracy[m] for a in averages
               if a.setting.eps is None and a.mixture is None for m in a.members}
@@ -255,7 +259,8 @@ def plot_privacy(averages: Sequence[SeedAverage], path: str | os.PathLike) -> Pa
     level, fmt, _, members, member = key
     eps = sorted(points)
     label = f"{member} in {incentives.coalition_name(members)} L{level} {fmt}"
-    ax.plot(eps, [points[e] for e in eps], marker="o", color=colors[str(key)], label=label)
+    _curve(ax, eps, [points[e] for e in eps], color=colors[str(key)], label=label)
+    _chance_line(ax, analyses, member, colors[str(key)])
     if key in baseline:
       ax.axhline(baseline[key], color=colors[str(key)], linestyle=":", linewidth=1)
   ax.set_xscale("log")
@@ -263,7 +268,8 @@ def plot_privacy(averages: Sequence[SeedAverage], path: str | os.PathLike) -> Pa
   ax.set_xticks(sorted({e for points in lines.values() for e in points}))
   ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
   ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-  return _save_curves(fig, ax, path, xlabel="privacy budget eps (dotted: no privacy)",
+  extra = "; bars: 95% interval, dash-dot: chance" if analyses else ""
+  return _save_curves(fig, ax, path, xlabel=f"privacy budget eps (dotted: no privacy{extra})",
                       title="privacy-utility curve")
 
 
@@ -281,7 +287,42 @@ def parse_k(selection: str | None) -> tuple[str, int] | None:
 
 def k_points(rows: Sequence[RunResult]) -> dict[tuple, dict[int, float]]:
   """(community, members, level, selector) -> {k: seed-averaged accuracy} of natural mixtures."""
-  lines: dict[tuple, dict[int, float]] = {}
+  return {key: {k: value for k, (value, _) in points.items()}
+          for key, points in k_curves(rows).items()}
+
+
+def _interval(analyses: Mapping[Setting, object] | None, setting: Setting,
+              members: Sequence[str], member: str):
+  """The 95% interval of ``member``'s accuracy in ``members``' run of ``setting``, or None."""
+  a = (analyses or {}).get(setting)
+  return a.accuracy.get(frozenset(members), {}).get(member) if a else None
+
+
+def _curve(ax: plt.Axes, xs: Sequence[float], points: Sequence[tuple[float, object]], *,
+           color, label: str) -> None:
+  """Accuracy points ``(value, interval or None)``, with 95% error bars where all have one."""
+  values = [v for v, _ in points]
+  bounds = [b for _, b in points]
+  yerr = None
+  if bounds and all(b is not None for b in bounds):
+    yerr = [[max(v - b.low, 0.0) for v, b in zip(values, bounds)],
+            [max(b.high - v, 0.0) for v, b in zip(values, bounds)]]
+  ax.errorbar(xs, values, yerr=yerr, capsize=3, marker="o", color=color, label=label)
+
+
+def _chance_line(ax: plt.Axes, analyses: Mapping[Setting, object] | None, member: str,
+                 color) -> None:
+  """``member``'s chance level (max of uniform guess and majority class) as a dash-dot line."""
+  levels = [a.chance[member] for a in (analyses or {}).values() if member in a.chance]
+  if levels:
+    ax.axhline(max(levels), color=color, linestyle="-.", linewidth=1)
+
+
+def k_curves(rows: Sequence[RunResult], analyses: Mapping[Setting, object] | None = None
+             ) -> dict[tuple, dict[int, tuple[float, object]]]:
+  """(community, members, level, selector) -> {k: (seed-averaged accuracy, 95% interval or
+  None)} of the key_tokens runs: what :func:`plot_accuracy_vs_k` draws."""
+  lines: dict[tuple, dict[int, tuple[float, object]]] = {}
   for average in incentives.average_over_seeds(rows):
     parsed = parse_k(average.setting.selection)
     if parsed is None or average.setting.format != "key_tokens" or average.mixture is not None:
@@ -289,19 +330,23 @@ def k_points(rows: Sequence[RunResult]) -> dict[tuple, dict[int, float]]:
     selector, k = parsed
     for member in average.members:
       key = (member, average.members, average.setting.level, selector)
-      lines.setdefault(key, {})[k] = average.accuracy[member]
+      lines.setdefault(key, {})[k] = (
+          average.accuracy[member], _interval(analyses, average.setting, average.members, member))
   return lines
 
 
-def plot_accuracy_vs_k(rows: Sequence[RunResult], path: str | os.PathLike) -> Path:
+def plot_accuracy_vs_k(rows: Sequence[RunResult], path: str | os.PathLike,
+                       analyses: Mapping[Setting, object] | None = None) -> Path:
   """Accuracy vs tokens shared: the key-token budget k of a sweep's key_tokens runs.
 
   One line per (community, coalition, level, selector), averaged over seeds;
   where the sweep also has the same coalition's ``label_cot`` run (the whole
   rationale shared) and ``label_only`` run (none), they are drawn as dotted
-  and dashed reference lines. Raises ``MissingRuns`` without key_tokens runs with k.
+  and dashed reference lines. With ``analyses`` (SettingAnalysis per setting)
+  points get 95% error bars and each community its chance level (dash-dot).
+  Raises ``MissingRuns`` without key_tokens runs with k.
   """
-  lines = k_points(rows)
+  lines = k_curves(rows, analyses)
   if not lines:
     raise MissingRuns(
         "needs key_tokens runs whose selection records k ('key_tokens:k=4')")
@@ -318,8 +363,9 @@ def plot_accuracy_vs_k(rows: Sequence[RunResult], path: str | os.PathLike) -> Pa
     member, members, level, selector = key
     ks = sorted(points)
     color = colors(i % 10)
-    ax.plot(ks, [points[k] for k in ks], marker="o", color=color,
-            label=f"{member} in {incentives.coalition_name(members)} L{level} {selector}")
+    _curve(ax, ks, [points[k] for k in ks], color=color,
+           label=f"{member} in {incentives.coalition_name(members)} L{level} {selector}")
+    _chance_line(ax, analyses, member, color)
     for fmt, style in (("label_cot", ":"), ("label_only", "--")):
       if (member, members, level, fmt) in references:
         ax.axhline(references[(member, members, level, fmt)], color=color, linestyle=style,
@@ -328,6 +374,7 @@ def plot_accuracy_vs_k(rows: Sequence[RunResult], path: str | os.PathLike) -> Pa
   ax.set_xscale("log", base=2)
   ax.set_xticks(all_k)
   ax.set_xticklabels([str(k) for k in all_k])
+  extra = "; bars: 95% interval, dash-dot: chance" if analyses else ""
   return _save_curves(fig, ax, path,
-                      xlabel="rationale words shared k (dotted: whole rationale, dashed: none)",
-                      title="accuracy vs tokens shared")
+                      xlabel=f"rationale words shared k (dotted: whole rationale, dashed: none"
+                             f"{extra})", title="accuracy vs tokens shared")

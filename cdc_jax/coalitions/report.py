@@ -254,10 +254,11 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
     figure(f"Accuracy vs proportion of {members[0]} in "
            f"{incentives.coalition_name(members)} ({setting})", figures.plot_proportions, sweep,
            filename=filename)
-  figure("Privacy-utility curve", figures.plot_privacy, averages, filename="privacy.png")
+  figure("Privacy-utility curve", figures.plot_privacy, averages, filename="privacy.png",
+         analyses=analyses)
   if figures.k_points(rows):  # Only key-token sweeps have this axis.
     figure("Accuracy vs key tokens shared (k)", figures.plot_accuracy_vs_k, rows,
-           filename=figures.K_FILENAME)
+           filename=figures.K_FILENAME, analyses=analyses)
 
   sections.append("## Incentives per coalition")
   for setting in sorted(by_setting, key=incentives.setting_sort_key):
