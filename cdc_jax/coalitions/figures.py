@@ -268,9 +268,10 @@ def plot_privacy(averages: Sequence[SeedAverage], path: str | os.PathLike,
   ax.set_xticks(sorted({e for points in lines.values() for e in points}))
   ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
   ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-  extra = "; bars: 95% interval, dash-dot: chance" if analyses else ""
-  return _save_curves(fig, ax, path, xlabel=f"privacy budget eps (dotted: no privacy{extra})",
-                      title="privacy-utility curve")
+  return _save_curves(fig, ax, path,
+                      xlabel="privacy budget eps (dotted: no privacy"
+                             + (", dash-dot: chance)" if analyses else ")"),
+                      title="privacy-utility curve" + (" (95% intervals)" if analyses else ""))
 
 
 def parse_k(selection: str | None) -> tuple[str, int] | None:
@@ -374,7 +375,7 @@ def plot_accuracy_vs_k(rows: Sequence[RunResult], path: str | os.PathLike,
   ax.set_xscale("log", base=2)
   ax.set_xticks(all_k)
   ax.set_xticklabels([str(k) for k in all_k])
-  extra = "; bars: 95% interval, dash-dot: chance" if analyses else ""
   return _save_curves(fig, ax, path,
-                      xlabel=f"rationale words shared k (dotted: whole rationale, dashed: none"
-                             f"{extra})", title="accuracy vs tokens shared")
+                      xlabel="words shared k (dotted: whole rationale, dashed: none"
+                             + (", dash-dot: chance)" if analyses else ")"),
+                      title="accuracy vs tokens shared" + (" (95% intervals)" if analyses else ""))
