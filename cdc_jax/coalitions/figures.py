@@ -73,9 +73,8 @@ def plot_levels(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage]],
       for panel, coalition in zip(panels, (frozenset({community}), grand)):
         if coalition in runs:
           line = panels[panel].setdefault((community, setting.format), {})
-          a = (analyses or {}).get(setting)
           line[setting.level] = (runs[coalition].accuracy[community],
-                                 a.accuracy.get(coalition, {}).get(community) if a else None)
+                                 _interval(analyses, setting, coalition, community))
   if not any(len(line) >= 2 for lines in panels.values() for line in lines.values()):
     raise MissingRuns("needs standalone or grand-coalition runs of a community at two or more "
                       "levels (same format)")
@@ -85,12 +84,7 @@ def plot_levels(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage]],
   for ax, (title, lines) in zip(axes, panels.items()):
     for (community, fmt), points in sorted(lines.items()):
       levels = sorted(points)
-      values = [points[l][0] for l in levels]
-      bounds = [points[l][1] for l in levels]
-      yerr = None
-      if all(b is not None for b in bounds):
-        yerr = [[max(v - b.low, 0.0) for v, b in zip(values, bounds)],
-                [max(b.high - v, 0.0) for v, b in zip(values, bounds)]]
+      values, yerr = _values_and_yerr([points[l] for l in levels])
       ax.errorbar(levels, values, yerr=yerr, capsize=3, color=colors[community],
                   marker=_MARKERS[formats.index(fmt) % len(_MARKERS)],
                   linestyle=("-", "--", ":", "-.")[formats.index(fmt) % 4],
@@ -299,15 +293,21 @@ def _interval(analyses: Mapping[Setting, object] | None, setting: Setting,
   return a.accuracy.get(frozenset(members), {}).get(member) if a else None
 
 
+def _values_and_yerr(points: Sequence[tuple[float, object]]) -> tuple[list[float], list | None]:
+  """Values of ``(value, interval or None)`` points and their asymmetric error bars (None
+  unless every point has an interval)."""
+  values = [v for v, _ in points]
+  bounds = [b for _, b in points]
+  if not bounds or any(b is None for b in bounds):
+    return values, None
+  return values, [[max(v - b.low, 0.0) for v, b in zip(values, bounds)],
+                  [max(b.high - v, 0.0) for v, b in zip(values, bounds)]]
+
+
 def _curve(ax: plt.Axes, xs: Sequence[float], points: Sequence[tuple[float, object]], *,
            color, label: str) -> None:
   """Accuracy points ``(value, interval or None)``, with 95% error bars where all have one."""
-  values = [v for v, _ in points]
-  bounds = [b for _, b in points]
-  yerr = None
-  if bounds and all(b is not None for b in bounds):
-    yerr = [[max(v - b.low, 0.0) for v, b in zip(values, bounds)],
-            [max(b.high - v, 0.0) for v, b in zip(values, bounds)]]
+  values, yerr = _values_and_yerr(points)
   ax.errorbar(xs, values, yerr=yerr, capsize=3, marker="o", color=color, label=label)
 
 
