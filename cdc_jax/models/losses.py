@@ -28,7 +28,7 @@ def token_loss(logits: Array, batch: Mapping[str, Array], *, z_loss: float,
 
   Returns:
     (loss, metrics) with metrics 'loss', 'cross_ent_loss', 'z_loss' (the two
-    parts of loss), 'accuracy' (weighted token accuracy of the argmax), and
+    parts of loss), 'accuracy' (weighted share of tokens whose target has the largest logit), and
     sums for exact aggregation over batches: 'num_tokens' (sum of weights),
     'num_correct', 'cross_ent_sum', 'num_examples' (segments in a packed
     batch, rows with a weighted token otherwise).
@@ -36,7 +36,13 @@ def token_loss(logits: Array, batch: Mapping[str, Array], *, z_loss: float,
   logits = logits.astype(jnp.float32)
   targets = batch["decoder_target_tokens"]
   weights = loss_weights(batch)
-  log_z = jax.nn.logsumexp(logits, axis=-1)
+  # One max serves the log-sum-exp (shifted for stability; the shift carries no gradient, the
+  # log-sum-exp does not depend on it) and the accuracy: a token is right when its target's logit
+  # is the largest. That replaces an argmax over the vocabulary, measured at 0.09 s of a 1.65 s
+  # SmolLM2 LoRA step (8 layers, batch 8 x 128, 2-core Xeon). A tie with the target counts as
+  # right, where argmax would pick the first index.
+  max_logits = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+  log_z = max_logits + jnp.log(jnp.sum(jnp.exp(logits - max_logits[..., None]), axis=-1))
   target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   cross_ent_sum = jnp.sum((log_z - target_logits) * weights)
   z_loss_sum = jnp.sum(z_loss * jnp.square(log_z) * weights)
@@ -45,7 +51,7 @@ def token_loss(logits: Array, batch: Mapping[str, Array], *, z_loss: float,
     normalizer = jnp.maximum(num_tokens, 1.0)
   else:
     normalizer = jnp.asarray(loss_normalizing_factor, jnp.float32)
-  num_correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
+  num_correct = jnp.sum((target_logits >= max_logits) * weights)
   if "decoder_segment_ids" in batch:
     # seqio numbers the segments of a packed row 1, 2, ...
     num_examples = jnp.sum(jnp.max(batch["decoder_segment_ids"], axis=-1))
