@@ -2,7 +2,7 @@
 
 Run from the repo root:
   PYTHONPATH=. python benchmarks/profile_decoder_step.py [--mode lora|full] [--layers 8]
-      [--batch 8] [--length 128] [--top 20]
+      [--batch 8] [--length 128] [--top 20] [--by-matmul-shape]
 
 Builds the step of ``decoder_train_throughput.py`` (SmolLM2-135M's shape, random
 weights, fp32, AdamW; ``--layers`` decoder layers), times a few steps, then
@@ -13,12 +13,18 @@ matmuls on YNNPACK; ``*_fusion``: XLA's loop fusions; ``iota_reduce_fusion``:
 argmax) and the slowest single ops. Op times from the two runtime threads are
 added, so the total can exceed the step's wall time where ops overlap. The
 figures in docs/benchmarks.md's profile come from this script.
+
+``--by-matmul-shape`` also dumps the optimised HLO (``--xla_dump_to``) and groups
+the YNNPACK matmul fusions by their dot's operand shapes and contracting
+dimensions: count, ms per step and GFLOP/s of each group, to compare with the
+same shapes alone (docs/benchmarks.md's single-matmul table).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import math
 import os
 import re
 import sys
@@ -60,6 +66,50 @@ def op_times(trace_dir: str, steps: int) -> collections.Counter:
   return times
 
 
+# One fusion instruction of an optimised HLO module, and the dot inside a fused computation.
+_FUSION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ fusion\(.*?calls=%?([\w.\-]+)", re.M)
+_COMPUTATION = re.compile(r"^%?([\w.\-]+) .*?\{\n(.*?)\n\}", re.M | re.S)
+_SHAPE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \w+\[([\d,]*)\]", re.M)
+_DOT = re.compile(r"dot\(%?([\w.\-]+), %?([\w.\-]+)\), (.*?)(?:, metadata|$)", re.M)
+
+
+def matmul_groups(hlo_text: str, times: collections.Counter) -> list[tuple[str, int, float, float]]:
+  """``(dot, count, ms per step, GFLOP/s)`` per matmul shape, slowest group first.
+
+  ``dot`` reads ``out = lhs x rhs (dims)``; GFLOP/s is 2 x |out| x |contracted| / time.
+  """
+  calls = dict(_FUSION.findall(hlo_text))
+  bodies = dict(_COMPUTATION.findall(hlo_text))
+  groups: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
+  for name, ms in times.items():
+    body = bodies.get(calls.get(name, ""), "")
+    dot = _DOT.search(body)
+    if dot is None:
+      continue
+    shapes = dict(_SHAPE.findall(body))
+    lhs, rhs, dims = shapes[dot.group(1)], shapes[dot.group(2)], dot.group(3)
+    out = _SHAPE.search(body[body.rfind("\n", 0, dot.start()) + 1:]).group(2)
+    lhs_dims = [int(d) for d in lhs.split(",")]
+    contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", dims).group(1)
+    contracted = math.prod(lhs_dims[int(d)] for d in contracting.split(",") if d)
+    flops = 2 * math.prod(int(d) for d in out.split(",")) * contracted
+    key = f"[{out}] = [{lhs}] x [{rhs}] ({dims})"
+    group = groups[key]
+    group[0] += 1
+    group[1] += ms
+    group[2] += flops
+  return sorted(((key, int(n), ms, flops / (ms / 1e3) / 1e9) for key, (n, ms, flops)
+                 in groups.items()), key=lambda row: -row[2])
+
+
+def _train_step_hlo(dump_dir: str) -> str:
+  """The optimised HLO text of the benchmark's train step in ``dump_dir``."""
+  paths = sorted(Path(dump_dir).glob("*train_step*after_optimizations.txt"))
+  if not paths:
+    raise FileNotFoundError(f"no *train_step*after_optimizations.txt under {dump_dir}")
+  return paths[-1].read_text()
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--mode", choices=("lora", "full"), default="lora")
@@ -68,7 +118,14 @@ def main() -> None:
   parser.add_argument("--length", type=int, default=128)
   parser.add_argument("--timed-steps", type=int, default=3)
   parser.add_argument("--top", type=int, default=20)
+  parser.add_argument("--by-matmul-shape", action="store_true",
+                      help="dump the optimised HLO and print the matmuls grouped by shape")
   args = parser.parse_args()
+  dump_dir = None
+  if args.by_matmul_shape:  # Before JAX starts: XLA reads its flags once.
+    dump_dir = tempfile.mkdtemp(prefix="cdc_hlo_")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump_dir}"
+                               " --xla_dump_hlo_as_text --xla_dump_hlo_pass_re=^$").strip()
 
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -108,6 +165,10 @@ def main() -> None:
   print("slowest ops (ms per step):")
   for name, ms in times.most_common(args.top):
     print(f"  {ms:8.1f}  {name}")
+  if dump_dir is not None:
+    print("matmuls by shape (count, ms per step, GFLOP/s):")
+    for key, count, ms, gflops in matmul_groups(_train_step_hlo(dump_dir), times)[:args.top]:
+      print(f"  {count:4d} {ms:8.1f} {gflops:7.1f}  {key}")
 
 
 if __name__ == "__main__":
