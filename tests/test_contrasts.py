@@ -16,14 +16,15 @@ from cdc_jax.coalitions.results import RunResult
 N = 100
 
 
-def _run(fmt: str, seed: int, correct: np.ndarray, *, members=("a",), eps=None):
-  run = f"{'_'.join(members)}.L3.{fmt}.s{seed}" + (f".eps{eps}" if eps else "")
+def _run(fmt: str, seed: int, correct: np.ndarray, *, members=("a",), eps=None, selection=None):
+  run = (f"{'_'.join(members)}.L3.{fmt}.s{seed}" + (f".eps{eps}" if eps else "")
+         + (f".{selection}" if selection else ""))
   outcomes = [ExampleOutcome(c, f"{c}-{i:03d}", bool(correct[i]), answer="x", chance=0.2)
               for c in members for i in range(N)]
   row = RunResult(run=run, members=members, level=3, format=fmt, seed=seed,
                   accuracy={c: float(np.mean(correct)) for c in members},
                   num_examples={c: N for c in members}, train_examples={c: 10 for c in members},
-                  steps=10, wall_s=1.0, eps=eps)
+                  steps=10, wall_s=1.0, eps=eps, selection=selection)
   return row, outcomes
 
 
@@ -89,11 +90,30 @@ def test_contrasts_cover_every_member_of_a_coalition_run_in_both_settings():
   assert all(c.difference.value == pytest.approx(-0.15) for c in got)
 
 
+def test_random_draws_pool_into_one_setting_against_the_policy():
+  policy = "learnability_gap:tokens=100"
+  rows, outcomes = [], {}
+  # The policy is right on 50 examples; random draw 0 on 30 and draw 1 on 40, each seed.
+  for selection, right in ((policy, 50), (f"random:tokens_of={policy}:seed=0", 30),
+                           (f"random:tokens_of={policy}:seed=1", 40)):
+    for seed in (0, 1):
+      row, lines = _run("cot_label", seed, np.arange(N) < right, selection=selection)
+      rows.append(row)
+      outcomes[row.run] = lines
+  (c,) = contrasts.contrast_settings(rows, outcomes, resamples=200)
+  assert c.setting.selection == f"random:tokens_of={policy}"  # Sorted after the policy.
+  assert c.reference.selection == policy
+  assert (c.seeds, c.reference_seeds) == (4, 2)  # 2 draws x 2 training seeds against 2 seeds.
+  assert c.accuracy.value == pytest.approx(0.35)
+  assert c.difference.value == pytest.approx(-0.15)
+  assert contrasts.pooled_setting(Setting(3, "cot_label", None, policy)).selection == policy
+
+
 def test_settings_evaluated_on_other_examples_cannot_be_paired():
   rows, outcomes = _two_formats()
   run = rows[1].run  # label_cot seed 0
   outcomes[run] = [dataclasses.replace(o, id=o.id.replace("a-", "z-")) for o in outcomes[run]]
-  with pytest.raises(ValueError, match=r"L3 label_cot \{a\} seed 0 on a: lacks example ids"):
+  with pytest.raises(ValueError, match=rf"run {run} on a: lacks example ids"):
     contrasts.contrast_settings(rows, outcomes, resamples=10)
   del outcomes[run]
   with pytest.raises(ValueError, match=f"runs without per-example outcomes: {run}"):

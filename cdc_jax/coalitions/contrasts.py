@@ -9,6 +9,11 @@ examples are the same in both settings, so the bootstrap draws them once for
 both (paired, :mod:`cdc_jax.coalitions.bootstrap`); seeds are drawn by index,
 as for coalitions within a setting.
 
+A random selection's draws (``random:tokens_of=<policy>:seed=N``, one per
+``N``) are replicates of one policy, as training seeds are: contrasts pool them
+into one setting (``random:tokens_of=<policy>``) whose runs are every (draw,
+training seed), so "the policy vs random" is one difference over all of them.
+
     contrasts = contrast_settings(rows, examples)             # every pair of settings
     contrasts = contrast_settings(rows, examples, pairs=[(label_cot, cot_label)])
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -44,6 +50,15 @@ class Contrast:
   num_examples: int
 
 
+_RANDOM_DRAW = re.compile(r"^(random:.*):seed=\d+$")
+
+
+def pooled_setting(setting: Setting) -> Setting:
+  """``setting`` with a random selection's draw dropped (draws pool); others unchanged."""
+  draw = _RANDOM_DRAW.match(setting.selection or "")
+  return dataclasses.replace(setting, selection=draw.group(1)) if draw else setting
+
+
 def _key(setting: Setting, coalition: Coalition) -> str:
   return f"{setting} {incentives.coalition_name(coalition)}"
 
@@ -57,8 +72,9 @@ def contrast_settings(rows: Sequence[RunResult], examples: Mapping[str, Sequence
   Args:
     rows: a sweep's results; zero-shot baselines and proportion-sweep runs are left out.
     examples: per-example outcomes by run (:func:`cdc_jax.coalitions.examples.collect_examples`).
-    pairs: (setting, reference) pairs; None: every pair of the settings present, the later in
-      :func:`incentives.setting_sort_key` order against the earlier.
+    pairs: (setting, reference) pairs of pooled settings (:func:`pooled_setting`); None: every
+      pair of the settings present, the later in :func:`incentives.setting_sort_key` order
+      against the earlier.
     resamples, seed: of the bootstrap.
 
   Returns:
@@ -71,7 +87,7 @@ def contrast_settings(rows: Sequence[RunResult], examples: Mapping[str, Sequence
   natural = [r for r in rows if r.baseline is None and incentives.mixture_of(r) is None]
   grouped: dict[tuple[Setting, Coalition], list[RunResult]] = collections.defaultdict(list)
   for r in natural:
-    grouped[(incentives.setting_of(r), r.coalition)].append(r)
+    grouped[(pooled_setting(incentives.setting_of(r)), r.coalition)].append(r)
   settings = sorted({s for s, _ in grouped}, key=incentives.setting_sort_key)
   if pairs is None:
     pairs = [(later, earlier) for earlier, later in itertools.combinations(settings, 2)]
@@ -89,10 +105,13 @@ def contrast_settings(rows: Sequence[RunResult], examples: Mapping[str, Sequence
   correct: dict[str, dict[str, np.ndarray]] = {}
   for setting, coalition in sorted(used, key=lambda k: (incentives.setting_sort_key(k[0]),
                                                           sorted(k[1]))):
-    per_seed: dict[str, dict[int, dict[str, bool]]] = collections.defaultdict(dict)
+    # Replicates: training seeds, and within a pooled random selection its draws.
+    per_seed: dict[str, dict[tuple[str, int], dict[str, bool]]] = collections.defaultdict(dict)
+    names = {}
     for run in grouped[(setting, coalition)]:
+      names[(run.selection or "", run.seed)] = run.run
       for o in examples[run.run]:
-        per_seed[o.community].setdefault(run.seed, {})[o.id] = o.correct
+        per_seed[o.community].setdefault((run.selection or "", run.seed), {})[o.id] = o.correct
     key = _key(setting, coalition)
     correct[key] = {}
     for community in sorted(coalition):
@@ -101,7 +120,7 @@ def contrast_settings(rows: Sequence[RunResult], examples: Mapping[str, Sequence
         raise ValueError(f"coalition {key}: no per-example outcomes on {community!r}")
       ids.setdefault(community, tuple(sorted(next(iter(seeds.values())))))
       correct[key][community] = np.stack([
-          bootstrap.align(seeds[s], ids[community], what=f"{key} seed {s} on {community}")
+          bootstrap.align(seeds[s], ids[community], what=f"run {names[s]} on {community}")
           for s in sorted(seeds)])
   boot = bootstrap.Bootstrap(bootstrap.Outcomes(ids=ids, correct=correct), resamples=resamples,
                              seed=seed)
