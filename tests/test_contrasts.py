@@ -90,6 +90,20 @@ def test_contrasts_cover_every_member_of_a_coalition_run_in_both_settings():
   assert all(c.difference.value == pytest.approx(-0.15) for c in got)
 
 
+def test_report_privacy_table_has_intervals_and_the_difference_from_no_privacy(tmp_path):
+  sweep = tmp_path / "sweep"
+  for eps, right in ((None, 60), (20.0, 45)):
+    for seed in (0, 1):
+      row, lines = _run("cot_label", seed, np.arange(N) < right, eps=eps)
+      results.write_result(sweep / row.run, row)
+      examples.write_examples(sweep / row.run / results.EXAMPLES_FILENAME, lines)
+  assert report_cli.main([str(sweep), "--resamples", "200"]) == 0
+  section = (sweep / "report.md").read_text().split("## Privacy\n", 1)[1]
+  assert "| accuracy | minus without privacy |" in section
+  assert "| L3 cot_label | {a} | 20.0 | 2 | a: 0.450 [0." in section
+  assert "| a: -0.150 [-0." in section
+
+
 def test_random_draws_pool_into_one_setting_against_the_policy():
   policy = "learnability_gap:tokens=100"
   rows, outcomes = [], {}

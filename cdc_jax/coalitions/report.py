@@ -143,12 +143,31 @@ def _proportion_section(points: Sequence[incentives.ProportionPoint]) -> str:
                                 "gain over alone"], table)
 
 
-def _privacy_section(averages: Sequence[SeedAverage]) -> str:
-  table = [[f"L{a.setting.level} {a.setting.format}", incentives.coalition_name(a.members),
-            a.setting.eps, len(a.seeds),
-            ", ".join(f"{i}: {a.accuracy[i]:.3f}" for i in a.members)]
-           for a in averages if a.setting.eps is not None and a.mixture is None]
-  return tables.markdown_table(["setting", "coalition", "eps", "seeds", "accuracy"], table)
+def _privacy_section(averages: Sequence[SeedAverage],
+                     analyses: Mapping[Setting, analysis_lib.SettingAnalysis],
+                     contrasts: Sequence[contrasts_lib.Contrast]) -> str:
+  """Accuracy per eps (95% interval where the runs have per-example outcomes) and its paired
+  difference from the same coalition and setting without privacy (where that ran)."""
+  vs_private = {(c.setting, c.coalition, c.community): c.difference for c in contrasts
+                if c.reference == dataclasses.replace(c.setting, eps=None)}
+  table = []
+  for a in averages:
+    if a.setting.eps is None or a.mixture is not None:
+      continue
+    analysis = analyses.get(a.setting)
+    accuracy, difference = [], []
+    for i in a.members:
+      interval = analysis.accuracy.get(frozenset(a.members), {}).get(i) if analysis else None
+      accuracy.append(f"{i}: " + (bootstrap.format_interval(interval) if interval
+                                  else f"{a.accuracy[i]:.3f}"))
+      diff = vs_private.get((a.setting, frozenset(a.members), i))
+      if diff is not None:
+        difference.append(f"{i}: {bootstrap.format_interval(diff, signed=True, mark=True)}")
+    table.append([f"L{a.setting.level} {a.setting.format}", incentives.coalition_name(a.members),
+                  a.setting.eps, len(a.seeds), ", ".join(accuracy),
+                  ", ".join(difference) or "-"])
+  return tables.markdown_table(
+      ["setting", "coalition", "eps", "seeds", "accuracy", "minus without privacy"], table)
 
 
 def _setting_slug(setting: Setting) -> str:
@@ -278,7 +297,7 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
   if points:
     sections += ["## Proportion sweeps", _proportion_section(points)]
   if any(a.setting.eps is not None for a in averages):
-    sections += ["## Privacy", _privacy_section(averages)]
+    sections += ["## Privacy", _privacy_section(averages, analyses or {}, contrasts)]
   path = out_dir / REPORT_FILENAME
   stale = [name for name in _figures_of(path) if name not in written]
   io_lib.atomic_write_text(path, "\n\n".join(sections) + "\n")
