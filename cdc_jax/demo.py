@@ -29,7 +29,6 @@ def print_communities(manifests) -> None:
   from cdc_jax.data import records as records_lib
   from cdc_jax.tasks import formats
 
-  from cdc_jax import answers
   from cdc_jax.coalitions import examples
 
   print(f"{'community':<12} {'type':<8} {'train':>5} {'test':>5} {'teacher acc':>11} "
@@ -42,9 +41,9 @@ def print_communities(manifests) -> None:
                      for lv in range(1, 7))
     # Chance: a uniform guess or the train split's majority answer, whichever scores higher on test.
     test = c.records["test"]
-    majority = examples.majority_answer([r.answer for r in c.records["train"]])
-    chance = max(statistics.mean(examples.chance_of(r) for r in test), statistics.mean(
-        answers.answers_match(majority, r.answer, r.answer_type, r.choices) for r in test))
+    majority = examples.majority_class(c.records["train"])
+    chance = max(statistics.mean(examples.chance_of(r) for r in test),
+                 statistics.mean(majority.correct(r) for r in test))
     print(f"{c.name:<12} {c.manifest.answer_type:<8} {len(c.records['train']):>5} "
           f"{len(test):>5} {acc:>10.1f}% {chance:>6.3f}  {words}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -114,6 +115,26 @@ def test_majority_answer_and_chance():
   assert examples.chance_of(rec(answer="7", answer_type="number")) == 0.0
 
 
+def test_majority_class_of_choice_questions_is_a_position():
+  # Every question lists its own options, so no answer text repeats; position (c) is the most
+  # common, and it answers a new question with that question's third option.
+  rec = lambda i, answer, choices, split="train": records.TraceRecord(
+      id=f"q{i}", community="c", split=split, question="?", answer=answer, answer_type="choice",
+      rationales={}, choices=tuple(choices))
+  train = [rec(0, "cat", ["dog", "bird", "cat"]), rec(1, "pear", ["apple", "plum", "pear"]),
+           rec(2, "red", ["red", "blue", "green"])]
+  majority = examples.majority_class(train)
+  assert majority == examples.MajorityClass(position=2)
+  assert majority.describe() == "choice (c)"
+  assert majority.correct(rec(3, "sun", ["moon", "star", "sun"], "test"))
+  assert not majority.correct(rec(4, "moon", ["moon", "star", "sun"], "test"))
+  assert not majority.correct(rec(5, "yes", ["yes", "no"], "test"))  # No third option.
+  # Ties go to the first position.
+  assert examples.majority_class(train[:1] + train[2:]) == examples.MajorityClass(position=0)
+  with pytest.raises(ValueError, match="exactly one"):
+    examples.MajorityClass()
+
+
 def test_outcomes_from_predictions_score_majority_and_teacher(tmp_path):
   test = [records.TraceRecord(id=f"t{i}", community="c", split="test", question=f"q{i}?",
                               answer=a, answer_type="boolean", rationales={6: "r"},
@@ -122,7 +143,9 @@ def test_outcomes_from_predictions_score_majority_and_teacher(tmp_path):
   preds = tmp_path / "p.jsonl"
   preds.write_text("".join(json.dumps({"id": f"t{i}", "parsed_answer": p, "correct": c}) + "\n"
                            for i, (p, c) in enumerate([("yes", True), ("", False), ("no", True)])))
-  got = examples.outcomes_from_predictions(preds, "c", test, ["no", "no", "yes"])
+  majority = examples.majority_class([dataclasses.replace(r, split="train") for r in test])
+  assert majority == examples.MajorityClass(answer="no")
+  got = examples.outcomes_from_predictions(preds, "c", test, majority)
   assert [(o.correct, o.answer, o.majority_correct, o.teacher_correct, o.chance) for o in got] == [
       (True, "yes", False, True, 0.5), (False, None, True, False, 0.5),
       (True, "no", True, None, 0.5)]
@@ -131,7 +154,7 @@ def test_outcomes_from_predictions_score_majority_and_teacher(tmp_path):
   assert examples.read_examples(path) == {None: got}
   preds.write_text(json.dumps({"id": "zz", "parsed_answer": "yes", "correct": True}) + "\n")
   with pytest.raises(results.ResultError, match=r"p.jsonl:1: field 'id': 'zz' is not a test"):
-    examples.outcomes_from_predictions(preds, "c", test, ["no"])
+    examples.outcomes_from_predictions(preds, "c", test, majority)
 
 
 def test_read_examples_names_file_line_and_field(tmp_path):

@@ -39,7 +39,7 @@ def test_paired_difference_and_chance(tmp_path):
   se = np.sqrt(0.3 * 0.7 / 400)  # Closed form for A's accuracy.
   acc = out["a"]["accuracy"]
   assert acc["high"] - acc["low"] == pytest.approx(2 * 1.96 * se, rel=0.25)
-  assert out["chance"] == {"uniform": 0.5, "majority_answer": "no", "majority": 1.0, "chance": 1.0}
+  assert out["chance"] == {"uniform": 0.5, "majority_class": "no", "majority": 1.0, "chance": 1.0}
   same = compare.compare(pa, pa, names=("a", "a2"))
   assert same["difference"]["low"] == same["difference"]["high"] == 0.0
 
@@ -53,3 +53,30 @@ def test_unpaired_or_bad_files_are_named(tmp_path):
   bad.write_text('{"id": "x", "correct": true}\n{"id": "x", "correct": false}\n')
   with pytest.raises(ValueError, match="bad.jsonl:2: example id 'x' appears twice"):
     compare.read_predictions(bad)
+
+
+def test_multiple_choice_chance_scores_the_majority_position(tmp_path):
+  def records(split, rows):
+    return [R.TraceRecord(id=f"{split}{i}", community="c", split=split, question=f"q {i}?",
+                          answer=choices[pos], answer_type="choice", rationales={},
+                          choices=tuple(choices), teacher="oracle",
+                          provenance={"source": "test", "license": "CC0-1.0"})
+            for i, (choices, pos) in enumerate(rows)]
+  # Answer texts never repeat; position (b) is the training majority.
+  train = records("train", [([f"w{i}a", f"w{i}b", f"w{i}c"], 1 if i % 4 else 0)
+                            for i in range(8)])
+  test = records("test", [([f"t{i}a", f"t{i}b", f"t{i}c"], 1 if i < 3 else 2) for i in range(4)])
+  R.write_records(tmp_path / "train.jsonl", train)
+  R.write_records(tmp_path / "test.jsonl", test)
+  preds = tmp_path / "p.jsonl"
+  preds.write_text("".join(json.dumps({"id": r.id, "correct": False, "gold_answer": r.answer})
+                           + "\n" for r in test))
+  with pytest.raises(ValueError, match="pass the test records"):
+    compare.compare(preds, preds, train=tmp_path / "train.jsonl")
+  out = compare.compare(preds, preds, train=tmp_path / "train.jsonl", test=tmp_path / "test.jsonl")
+  assert out["chance"] == {"uniform": pytest.approx(1 / 3), "majority_class": "choice (b)",
+                           "majority": 0.75, "chance": 0.75}
+  first = (tmp_path / "test.jsonl").read_text().splitlines()[0]
+  (tmp_path / "short.jsonl").write_text(first + "\n")
+  with pytest.raises(ValueError, match=r"short.jsonl: no test record for example ids \['test1'"):
+    compare.compare(preds, preds, train=tmp_path / "train.jsonl", test=tmp_path / "short.jsonl")

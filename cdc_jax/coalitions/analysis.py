@@ -239,3 +239,10 @@ def analyse(rows: Sequence[RunResult], examples: Mapping[str, Sequence[ExampleOu
       out[setting] = analyse_setting(group, examples, resamples=resamples, seed=seed,
                                      tolerance=tolerance)
   return out
+
+
+def accuracy_interval(analyses: Mapping[Setting, SettingAnalysis] | None, setting: Setting,
+                      members: Sequence[str], member: str) -> Interval | None:
+  """The 95% interval of ``member``'s accuracy in ``members``' run of ``setting``, or None."""
+  a = (analyses or {}).get(setting)
+  return a.accuracy.get(frozenset(members), {}).get(member) if a else None

@@ -109,9 +109,10 @@ def contrast_settings(rows: Sequence[RunResult], examples: Mapping[str, Sequence
     per_seed: dict[str, dict[tuple[str, int], dict[str, bool]]] = collections.defaultdict(dict)
     names = {}
     for run in grouped[(setting, coalition)]:
-      names[(run.selection or "", run.seed)] = run.run
+      replicate = (run.selection or "", run.seed)
+      names[replicate] = run.run
       for o in examples[run.run]:
-        per_seed[o.community].setdefault((run.selection or "", run.seed), {})[o.id] = o.correct
+        per_seed[o.community].setdefault(replicate, {})[o.id] = o.correct
     key = _key(setting, coalition)
     correct[key] = {}
     for community in sorted(coalition):

@@ -7,9 +7,10 @@ per (community, test example) the run was evaluated on::
    "answer": "no", "majority_correct": true, "teacher_correct": false, "chance": 0.5}
 
 ``answer`` is the student's parsed answer (null when unparseable);
-``majority_correct`` scores the train split's most common answer on this
-example; ``teacher_correct`` is the record's teacher answer scored against
-gold (null when the records carry no teacher answer); ``chance`` is the
+``majority_correct`` scores the train split's majority class on this example
+(:class:`MajorityClass`: the most common answer, or for multiple choice the
+most common position of the answer among the choices); ``teacher_correct``
+is the record's teacher answer scored against gold (null when the records carry no teacher answer); ``chance`` is the
 probability of a uniform guess (0.5 yes/no, 1/choices, 0 free text/numbers).
 The sweep gathers every run's lines, with a ``run`` field, into its own
 ``examples.jsonl`` (so a committed sweep keeps them without run directories).
@@ -115,6 +116,58 @@ def majority_answer(train_answers: Sequence[str]) -> str:
   return min(counts, key=lambda a: (-counts[a], a))
 
 
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclasses.dataclass(frozen=True)
+class MajorityClass:
+  """The train split's majority class, as a guess for any test question.
+
+  Multiple-choice questions each list their own options, so the answer *text*
+  of one question is almost never an option of another: their majority class
+  is the most common *position* of the gold answer among the choices (ties:
+  the first position). Other questions take the most common answer text.
+  Exactly one of ``answer`` and ``position`` is set.
+  """
+  answer: str | None = None
+  position: int | None = None
+
+  def __post_init__(self):
+    if (self.answer is None) == (self.position is None):
+      raise ValueError(f"set exactly one of answer and position, got {self}")
+
+  def guess(self, choices: Sequence[str] | None = None) -> str | None:
+    """The majority class's answer to a question with ``choices`` (None: no such position)."""
+    if self.position is None:
+      return self.answer
+    choices = choices or ()
+    return choices[self.position] if self.position < len(choices) else None
+
+  def correct(self, record: records.TraceRecord) -> bool:
+    return answers_lib.answers_match(self.guess(record.choices), record.answer,
+                                     record.answer_type, record.choices)
+
+  def describe(self) -> str:
+    """The answer text, or 'choice (c)' for a position."""
+    if self.position is None:
+      return self.answer
+    if self.position < len(_LETTERS):
+      return f"choice ({_LETTERS[self.position]})"
+    return f"choice {self.position + 1}"
+
+
+def majority_class(train: Sequence[records.TraceRecord]) -> MajorityClass:
+  """The majority class of training records (see :class:`MajorityClass`)."""
+  if not train:
+    raise ValueError("no training answers to take a majority from")
+  if not all(r.answer_type == "choice" and r.choices for r in train):
+    return MajorityClass(answer=majority_answer([r.answer for r in train]))
+  # A TraceRecord's answer is one of its choices (checked when it is built).
+  positions = collections.Counter(
+      r.choices.index(answers_lib.normalize_answer(r.answer, "choice", r.choices)) for r in train)
+  return MajorityClass(position=min(positions, key=lambda p: (-positions[p], p)))
+
+
 def chance_of(record: records.TraceRecord) -> float:
   """Probability that a uniform guess is right: 0.5 yes/no, 1/choices, else 0."""
   if record.answer_type == "boolean":
@@ -126,15 +179,15 @@ def chance_of(record: records.TraceRecord) -> float:
 
 def outcomes_from_predictions(predictions_path: str | os.PathLike, community: str,
                               test: Sequence[records.TraceRecord],
-                              train_answers: Sequence[str]) -> list[ExampleOutcome]:
+                              majority: MajorityClass) -> list[ExampleOutcome]:
   """One community's outcomes from evaluate's ``<task>.predictions.jsonl``.
 
   ``test`` are the community's test records (for the baselines), matched by
   id; a prediction whose id is not among them is an error naming it.
+  ``majority`` is the train split's :func:`majority_class`.
   """
   path = Path(predictions_path)
   by_id = {r.id: r for r in test}
-  majority = majority_answer(train_answers)
   out = []
   for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
     row = json.loads(line)
@@ -145,8 +198,7 @@ def outcomes_from_predictions(predictions_path: str | os.PathLike, community: st
     out.append(ExampleOutcome(
         community=community, id=record.id, correct=bool(row["correct"]),
         answer=None if row.get("parsed_answer") in (None, "") else str(row["parsed_answer"]),
-        majority_correct=answers_lib.answers_match(majority, record.answer, record.answer_type,
-                                                   record.choices),
+        majority_correct=majority.correct(record),
         teacher_correct=record.teacher_correct, chance=chance_of(record)))
   return out
 

@@ -192,7 +192,8 @@ def write_run_examples(run_dir: str | os.PathLike, spec: CoalitionSpec,
     community = records_lib.load_community(registry.registered_community(c).manifest_path)
     outcomes += examples_lib.outcomes_from_predictions(
         Path(run_dir) / "eval" / f"{eval_task(c, spec.level, spec.fmt)}.predictions.jsonl", c,
-        community.records.get("test", []), [r.answer for r in community.records.get("train", [])])
+        community.records.get("test", []),
+        examples_lib.majority_class(community.records.get("train", [])))
   return examples_lib.write_examples(Path(run_dir) / results.EXAMPLES_FILENAME, outcomes)
 
 
@@ -217,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--process_id", type=int, default=None)
   parser.add_argument("--multihost_auto", action="store_true",
                       help="let JAX detect the cluster (TPU pods, Slurm)")
+  parser.add_argument("--examples_only", action="store_true",
+                      help="only rewrite a finished run's examples.jsonl from its saved "
+                           "predictions (see cdc_jax.coalitions.rescore)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -228,6 +232,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   config = json.loads((Path(args.run_dir) / RUN_CONFIG).read_text())
   spec = CoalitionSpec.from_json(config["spec"])
   config_cli.parse_gin(config["gin_files"], config["gin_bindings"])
+  if args.examples_only:
+    config_cli.configured("cdc_jax.tasks.catalog", "register_tasks")()
+    lines = write_run_examples(args.run_dir, spec, spec.evaluate_on or spec.members)
+    print(f"{args.run_dir}: {lines} per-example outcomes rewritten", flush=True)
+    return
   compilation_cache.enable()  # The runs of a sweep share programs (same shapes).
   row = run_coalition(spec, args.run_dir,
                       train_fn=config_cli.configured("cdc_jax.train", "train"),

@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # Files only: no display on training machines.
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 
 from cdc_jax import names  # noqa: E402
+from cdc_jax.coalitions import analysis as analysis_lib  # noqa: E402
 from cdc_jax.coalitions import incentives  # noqa: E402
 from cdc_jax.coalitions.incentives import Coalition, SeedAverage, Setting  # noqa: E402
 from cdc_jax.coalitions.results import RunResult  # noqa: E402
@@ -73,8 +74,8 @@ def plot_levels(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage]],
       for panel, coalition in zip(panels, (frozenset({community}), grand)):
         if coalition in runs:
           line = panels[panel].setdefault((community, setting.format), {})
-          line[setting.level] = (runs[coalition].accuracy[community],
-                                 _interval(analyses, setting, coalition, community))
+          interval = analysis_lib.accuracy_interval(analyses, setting, coalition, community)
+          line[setting.level] = (runs[coalition].accuracy[community], interval)
   if not any(len(line) >= 2 for lines in panels.values() for line in lines.values()):
     raise MissingRuns("needs standalone or grand-coalition runs of a community at two or more "
                       "levels (same format)")
@@ -243,7 +244,8 @@ def plot_privacy(averages: Sequence[SeedAverage], path: str | os.PathLike,
       key = (average.setting.level, average.setting.format, average.setting.selection,
              average.members, member)
       lines.setdefault(key, {})[average.setting.eps] = (
-          average.accuracy[member], _interval(analyses, average.setting, average.members, member))
+          average.accuracy[member],
+          analysis_lib.accuracy_interval(analyses, average.setting, average.members, member))
   baseline = {(a.setting.level, a.setting.format, a.setting.selection, a.members, m):
               a.accuracy[m] for a in averages
               if a.setting.eps is None and a.mixture is None for m in a.members}
@@ -286,13 +288,6 @@ def k_points(rows: Sequence[RunResult]) -> dict[tuple, dict[int, float]]:
           for key, points in k_curves(rows).items()}
 
 
-def _interval(analyses: Mapping[Setting, object] | None, setting: Setting,
-              members: Sequence[str], member: str):
-  """The 95% interval of ``member``'s accuracy in ``members``' run of ``setting``, or None."""
-  a = (analyses or {}).get(setting)
-  return a.accuracy.get(frozenset(members), {}).get(member) if a else None
-
-
 def _values_and_yerr(points: Sequence[tuple[float, object]]) -> tuple[list[float], list | None]:
   """Values of ``(value, interval or None)`` points and their asymmetric error bars (None
   unless every point has an interval)."""
@@ -332,7 +327,8 @@ def k_curves(rows: Sequence[RunResult], analyses: Mapping[Setting, object] | Non
     for member in average.members:
       key = (member, average.members, average.setting.level, selector)
       lines.setdefault(key, {})[k] = (
-          average.accuracy[member], _interval(analyses, average.setting, average.members, member))
+          average.accuracy[member],
+          analysis_lib.accuracy_interval(analyses, average.setting, average.members, member))
   return lines
 
 

@@ -148,19 +148,18 @@ def _privacy_section(averages: Sequence[SeedAverage],
                      contrasts: Sequence[contrasts_lib.Contrast]) -> str:
   """Accuracy per eps (95% interval where the runs have per-example outcomes) and its paired
   difference from the same coalition and setting without privacy (where that ran)."""
-  vs_private = {(c.setting, c.coalition, c.community): c.difference for c in contrasts
-                if c.reference == dataclasses.replace(c.setting, eps=None)}
+  vs_none = {(c.setting, c.coalition, c.community): c.difference for c in contrasts
+             if c.reference == dataclasses.replace(c.setting, eps=None)}
   table = []
   for a in averages:
     if a.setting.eps is None or a.mixture is not None:
       continue
-    analysis = analyses.get(a.setting)
     accuracy, difference = [], []
     for i in a.members:
-      interval = analysis.accuracy.get(frozenset(a.members), {}).get(i) if analysis else None
+      interval = analysis_lib.accuracy_interval(analyses, a.setting, a.members, i)
       accuracy.append(f"{i}: " + (bootstrap.format_interval(interval) if interval
                                   else f"{a.accuracy[i]:.3f}"))
-      diff = vs_private.get((a.setting, frozenset(a.members), i))
+      diff = vs_none.get((a.setting, frozenset(a.members), i))
       if diff is not None:
         difference.append(f"{i}: {bootstrap.format_interval(diff, signed=True, mark=True)}")
     table.append([f"L{a.setting.level} {a.setting.format}", incentives.coalition_name(a.members),
@@ -297,7 +296,7 @@ def build_report(rows: Sequence[RunResult], out_dir: str | os.PathLike, *, sourc
   if points:
     sections += ["## Proportion sweeps", _proportion_section(points)]
   if any(a.setting.eps is not None for a in averages):
-    sections += ["## Privacy", _privacy_section(averages, analyses or {}, contrasts)]
+    sections += ["## Privacy", _privacy_section(averages, analyses, contrasts)]
   path = out_dir / REPORT_FILENAME
   stale = [name for name in _figures_of(path) if name not in written]
   io_lib.atomic_write_text(path, "\n\n".join(sections) + "\n")
@@ -319,7 +318,8 @@ def _uncertainty_note(by_setting: Mapping[Setting, object],
           "seeds (the same example resample for every coalition and baseline, so differences "
           "are paired; percentile intervals); method and test-set sizes are stated per setting. "
           f"{tables.SIGNIFICANCE_NOTE}. Chance level: max(uniform guess, majority-class accuracy). "
-          "Baselines: majority class (train split's most common answer scored on test), "
+          "Baselines: majority class (train split's most common answer scored on test; for "
+          "multiple choice its most common answer position), "
           "teacher (the records' teacher answers), zero-shot student (where the sweep ran one).")
   if missing:
     text += f" Settings without intervals (runs lack per-example outcomes): {', '.join(missing)}."
