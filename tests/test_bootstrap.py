@@ -281,3 +281,38 @@ def test_fine_tuned_minus_zero_shot_is_paired_on_the_same_examples(tmp_path):
   assert (f"standalone a: {bootstrap.format_interval(result.accuracy[a]['a'])} is above its "
           f"chance level 0.335; fine-tuned - zero-shot "
           f"{bootstrap.format_interval(over, signed=True)} (above the zero-shot student)") in text
+
+
+def _zero_shot(level: int, members: tuple[str, ...], rate: int):
+  """A zero-shot run at ``level``: right on every ``rate``-th example."""
+  run = f"zero_shot.{'_'.join(members)}.L{level}.cot_label.s0"
+  lines = [ExampleOutcome(c, f"{c}-{i:04d}", i % rate == 0, chance=0.25)
+           for c in members for i in range(N)]
+  row = RunResult(run=run, members=members, level=level, format="cot_label", seed=0,
+                  accuracy={c: 1 / rate for c in members}, num_examples={c: N for c in members},
+                  train_examples={c: 0 for c in members}, steps=0, wall_s=1.0,
+                  baseline="zero_shot")
+  return row, lines
+
+
+def test_a_zero_shot_run_serves_every_level_of_its_format():
+  # The untrained student's outcomes do not depend on the level: level 6's setting, which has no
+  # zero-shot run of its own, uses level 1's; a setting's own run comes first.
+  rows, outcomes = _sweep()
+  for level, rate in ((1, 4), (3, 2)):
+    row, lines = _zero_shot(level, ("a", "b"), rate)
+    rows.append(row)
+    outcomes[row.run] = lines
+  (l6,) = analysis.analyse(rows, outcomes, resamples=200).values()  # Nothing trained at 1, 3.
+  assert l6.setting.level == 6
+  assert l6.baselines[analysis.ZERO_SHOT]["a"].value == pytest.approx(0.5)  # Level 3's, nearest.
+  own, lines = _zero_shot(6, ("a",), 5)
+  outcomes[own.run] = lines
+  (l6,) = analysis.analyse(rows + [own], outcomes, resamples=200).values()
+  assert l6.baselines[analysis.ZERO_SHOT]["a"].value == pytest.approx(0.2)  # Its own.
+  assert l6.baselines[analysis.ZERO_SHOT]["b"].value == pytest.approx(0.5)  # Shared.
+  other_format = RunResult(**{**own.__dict__, "run": "x", "format": "label_cot"})
+  outcomes["x"] = lines
+  only_other = [r for r in rows if r.baseline is None] + [other_format]
+  (l6,) = analysis.analyse(only_other, outcomes, resamples=200).values()
+  assert analysis.ZERO_SHOT not in l6.baselines  # Never across formats.

@@ -112,11 +112,17 @@ def test_steps_per_member_gives_every_member_the_same_steps():
     sweep.SweepSpec(communities=("a",), steps_per_member=0).runs()
 
 
-def test_zero_shot_adds_one_untrained_student_per_level_and_format_first():
+def test_zero_shot_adds_one_untrained_student_per_format_first():
+  # The prompt does not depend on the level: level 6 adds a zero-shot run only for b, which has
+  # no level 1; a second format gets its own.
   spec = sweep.SweepSpec(communities=("a", "b"), levels=(1, 6), seeds=(0, 1), zero_shot=True,
                          community_levels={"a": [1, 6], "b": [6]})
   zero = [r for r in spec.runs() if r.baseline]
-  assert [(r.members, r.level, r.seed) for r in zero] == [(("a",), 1, 0), (("a", "b"), 6, 0)]
+  assert [(r.members, r.level, r.seed) for r in zero] == [(("a",), 1, 0), (("b",), 6, 0)]
+  both = sweep.SweepSpec(communities=("a", "b"), levels=(1, 3), formats=("cot_label", "label_cot"),
+                         zero_shot=True)
+  assert [(r.members, r.level, r.fmt) for r in both.runs() if r.baseline] == [
+      (("a", "b"), 1, "cot_label"), (("a", "b"), 1, "label_cot")]
   assert spec.runs()[:2] == zero  # Baselines first: a sweep run in pieces has them early.
   assert zero[0].run_id == "zero_shot.a.L1.cot_label.s0"
   assert len(spec.runs()) - len(zero) == len(sweep.SweepSpec(

@@ -108,6 +108,8 @@ def build_outcomes(rows: Sequence[RunResult],
       outcomes = per_run[r.run].get(c)
       if outcomes is None:
         raise ValueError(f"run {r.run!r}: no per-example outcomes for {c!r}")
+      if key == ZERO_SHOT and r.seed in grouped[key][c]:
+        continue  # A setting's own zero-shot run comes before one shared from another level.
       grouped[key][c][r.seed] = {i: o.correct for i, o in outcomes.items()}
       for name, field in ((MAJORITY, "majority_correct"), (TEACHER, "teacher_correct")):
         values = {i: getattr(o, field) for i, o in outcomes.items()}
@@ -176,7 +178,7 @@ def analyse_setting(rows: Sequence[RunResult], examples: Mapping[str, Sequence[E
   seeds = tuple(sorted({r.seed for r in rows if r.baseline is None}))
   return SettingAnalysis(
       setting=setting, communities=communities, seeds=seeds,
-      num_examples={c: boot.num_examples(c) for c in sorted(boot.outcomes.ids)},
+      num_examples={c: boot.num_examples(c) for c in communities},
       resamples=resamples, accuracy=accuracy, gain=gain,
       macro_welfare={c: iv(bootstrap.macro_welfare(boot, c)) for c in coalitions},
       weighted_welfare={c: iv(bootstrap.weighted_welfare(boot, c)) for c in coalitions},
@@ -224,6 +226,19 @@ def _core_emptiness(values: Mapping[Coalition, np.ndarray], players: Sequence[st
           f"resamples" + (": decided by noise" if noisy else ""))
 
 
+def _shared_zero_shot(rows: Sequence[RunResult], setting: Setting) -> list[RunResult]:
+  """Zero-shot runs of ``setting``'s format at other levels (nearest level first).
+
+  The untrained student sees the question alone (``formats.render_inputs``
+  takes no level) and is scored on the gold answer, so its outcomes do not
+  depend on the level: a sweep runs it once per format (``SweepSpec``) and
+  every level's setting uses it for the communities it has no own run for.
+  """
+  others = [r for r in rows if r.baseline == "zero_shot" and r.level != setting.level
+            and dataclasses.replace(incentives.setting_of(r), level=setting.level) == setting]
+  return sorted(others, key=lambda r: (abs(r.level - setting.level), r.level, r.run))
+
+
 def analyse(rows: Sequence[RunResult], examples: Mapping[str, Sequence[ExampleOutcome]], *,
             resamples: int = bootstrap.DEFAULT_RESAMPLES, seed: int = 0,
             tolerance: float = 0.0) -> dict[Setting, SettingAnalysis]:
@@ -235,6 +250,7 @@ def analyse(rows: Sequence[RunResult], examples: Mapping[str, Sequence[ExampleOu
   for setting in sorted(by_setting, key=incentives.setting_sort_key):
     group = [r for r in by_setting[setting]
              if r.baseline is not None or incentives.mixture_of(r) is None]
+    group += [r for r in _shared_zero_shot(rows, setting) if r.run in examples]
     if any(r.baseline is None for r in group) and all(r.run in examples for r in group):
       out[setting] = analyse_setting(group, examples, resamples=resamples, seed=seed,
                                      tolerance=tolerance)

@@ -48,12 +48,15 @@ class SweepSpec:
       :meth:`left_out` lists the (level, coalition) pairs this skips.
     selection: contribution policy the traces were selected with (e.g.
       'key_tokens:k=4'), recorded in each result.
-    zero_shot: also run, per level and format, the student before any
-      fine-tuning (0 steps) on every community: the zero-shot baseline of a
-      pretrained student. One run, with the first seed: greedy decoding of the
-      untouched model does not depend on the seed (LoRA adapters start at
-      B = 0); for a random-init student it only measures noise. These runs come
-      first, so a sweep run in pieces has its baseline from the first piece.
+    zero_shot: also run, per format, the student before any fine-tuning
+      (0 steps) on every community: the zero-shot baseline of a pretrained
+      student. One run, with the first seed: greedy decoding of the untouched
+      model does not depend on the seed (LoRA adapters start at B = 0); for a
+      random-init student it only measures noise. Nor does it depend on the
+      rationale level (a prompt is the question alone), so the run is at the
+      first level and later levels add one only for communities the earlier
+      ones lack; the analysis shares it across levels. These runs come first,
+      so a sweep run in pieces has its baseline from the first piece.
     steps_per_member: train each run for this many steps per member (a
       coalition of k trains k times as long, so every member's data gets the
       same steps as when it trains alone: pooling adds data, it does not
@@ -109,13 +112,17 @@ class SweepSpec:
   def runs(self) -> list[experiment.CoalitionSpec]:
     """Every run of the grid, in a stable order."""
     out = []
-    if self.zero_shot:  # One untrained student per level and format, scored on everyone.
-      for level, fmt in itertools.product(self.levels, self.formats):
-        everyone = tuple(sorted(c for c in self.communities if self._has_level((c,), level)))
-        if everyone:
-          out.append(experiment.CoalitionSpec(members=everyone, level=level, fmt=fmt,
-                                              seed=self.seeds[0], selection=self.selection,
-                                              baseline="zero_shot"))
+    if self.zero_shot:  # One untrained student per format, scored on everyone.
+      for fmt in self.formats:
+        covered: set[str] = set()
+        for level in self.levels:
+          everyone = tuple(sorted(c for c in self.communities
+                                  if c not in covered and self._has_level((c,), level)))
+          if everyone:
+            covered.update(everyone)
+            out.append(experiment.CoalitionSpec(members=everyone, level=level, fmt=fmt,
+                                                seed=self.seeds[0], selection=self.selection,
+                                                baseline="zero_shot"))
     for level, fmt, seed, eps, members in itertools.product(
         self.levels, self.formats, self.seeds, self.eps_values, self.coalition_list()):
       if not self._has_level(members, level):
