@@ -95,7 +95,7 @@ def plot_levels(by_setting: Mapping[Setting, Mapping[Coalition, SeedAverage]],
       if any(c == community for c, _ in lines):
         ax.axhline(level, color=colors[community], linestyle=(0, (1, 3)), linewidth=1)
     ax.set_title(title)
-    ax.set_xlabel("rationale level (1 = label only ... 6 = full CoT)")
+    ax.set_xlabel("rationale level (1 = shortest ... 6 = full CoT)")
     ax.set_xticks(list(names.LEVELS))
     ax.grid(alpha=0.3)
     if lines:
