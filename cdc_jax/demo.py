@@ -43,7 +43,8 @@ def print_communities(manifests) -> None:
     test = c.records["test"]
     majority = examples.majority_class(c.records["train"])
     chance = max(statistics.mean(examples.chance_of(r) for r in test),
-                 statistics.mean(majority.correct(r) for r in test))
+                 statistics.mean(majority.correct(r.answer, r.answer_type, r.choices)
+                                 for r in test))
     print(f"{c.name:<12} {c.manifest.answer_type:<8} {len(c.records['train']):>5} "
           f"{len(test):>5} {acc:>10.1f}% {chance:>6.3f}  {words}")
 

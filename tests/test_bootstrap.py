@@ -126,9 +126,9 @@ def test_majority_class_of_choice_questions_is_a_position():
   majority = examples.majority_class(train)
   assert majority == examples.MajorityClass(position=2)
   assert majority.describe() == "choice (c)"
-  assert majority.correct(rec(3, "sun", ["moon", "star", "sun"], "test"))
-  assert not majority.correct(rec(4, "moon", ["moon", "star", "sun"], "test"))
-  assert not majority.correct(rec(5, "yes", ["yes", "no"], "test"))  # No third option.
+  assert majority.correct("sun", "choice", ["moon", "star", "sun"])
+  assert not majority.correct("moon", "choice", ["moon", "star", "sun"])
+  assert not majority.correct("yes", "choice", ["yes", "no"])  # No third option.
   # Ties go to the first position.
   assert examples.majority_class(train[:1] + train[2:]) == examples.MajorityClass(position=0)
   with pytest.raises(ValueError, match="exactly one"):

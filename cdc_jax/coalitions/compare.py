@@ -26,7 +26,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cdc_jax import answers
 from cdc_jax import io as io_lib
 from cdc_jax.coalitions import bootstrap, examples
 from cdc_jax.data import records as records_lib
@@ -65,7 +64,7 @@ def chance_level(train: Sequence[records_lib.TraceRecord], gold: Sequence[str],
   choices = list(choices) if choices is not None else [None] * len(gold)
   answer_type = train[0].answer_type
   uniform = float(np.mean([examples.chance_of(r) for r in train]))
-  majority_acc = float(np.mean([answers.answers_match(majority.guess(ch), g, answer_type, ch)
+  majority_acc = float(np.mean([majority.correct(g, answer_type, ch)
                                 for g, ch in zip(gold, choices)]))
   return {"uniform": uniform, "majority_class": majority.describe(), "majority": majority_acc,
           "chance": max(uniform, majority_acc)}

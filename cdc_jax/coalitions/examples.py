@@ -143,9 +143,9 @@ class MajorityClass:
     choices = choices or ()
     return choices[self.position] if self.position < len(choices) else None
 
-  def correct(self, record: records.TraceRecord) -> bool:
-    return answers_lib.answers_match(self.guess(record.choices), record.answer,
-                                     record.answer_type, record.choices)
+  def correct(self, gold: str, answer_type: str, choices: Sequence[str] | None = None) -> bool:
+    """Whether the majority class's guess matches ``gold`` on a question with ``choices``."""
+    return answers_lib.answers_match(self.guess(choices), gold, answer_type, choices)
 
   def describe(self) -> str:
     """The answer text, or 'choice (c)' for a position."""
@@ -198,7 +198,8 @@ def outcomes_from_predictions(predictions_path: str | os.PathLike, community: st
     out.append(ExampleOutcome(
         community=community, id=record.id, correct=bool(row["correct"]),
         answer=None if row.get("parsed_answer") in (None, "") else str(row["parsed_answer"]),
-        majority_correct=majority.correct(record),
+        majority_correct=majority.correct(record.answer, record.answer_type,
+                                                  record.choices),
         teacher_correct=record.teacher_correct, chance=chance_of(record)))
   return out
 
