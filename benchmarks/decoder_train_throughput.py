@@ -2,12 +2,14 @@
 
 Run from the repo root:
   PYTHONPATH=. python benchmarks/decoder_train_throughput.py [--modes full,lora] [--steps 3]
-      [--batch 8] [--length 128] [--layers 30] [--threads N]
+      [--batch 8] [--length 128] [--layers 30] [--threads N] [--dtype float32|bfloat16]
 
 The model is SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads / 3 KV heads,
 SwiGLU 1536, tied 49,152-token embedding), random weights, float32, AdamW, a
 dense batch of ``--batch`` rows of ``--length`` tokens with the loss on every
-token. For each mode, in one run:
+token (``--dtype bfloat16``: bf16 matmul inputs with float32 master weights and accumulation;
+ours ``LlamaConfig(dtype="bfloat16", param_dtype="float32")``, PyTorch ``torch.autocast``).
+For each mode, in one run:
 
 * full: every parameter trains. Ours: ``trainer.Trainer`` over
   ``decoder_only.DecoderOnlyModel``; PyTorch: ``LlamaForCausalLM`` forward with
@@ -20,8 +22,8 @@ token. For each mode, in one run:
 Each (framework, mode) runs in its own subprocess (thread pools and memory
 never mix), with ``train_throughput.py``'s timing and memory method: a
 warm-up step (compiles), then the median of ``--steps`` timed steps; peak RSS
-from ``getrusage``. %peak divides model FLOPs by the best 2048^3 float32 matmul
-of numpy, JAX or PyTorch in a worker with the same threads. Model FLOPs: full
+from ``getrusage``. %peak divides model FLOPs by the best 2048^3 matmul (of the
+``--dtype``) of numpy (float32 only), JAX or PyTorch in a worker with the same threads. Model FLOPs: full
 = 6 x (matmul weights, the tied output layer included) x tokens + attention;
 LoRA = 4 x the frozen matmul weights x tokens (no weight gradients) + 6 x the
 adapters + attention. The CPU may be shared: figures are indicative; the CPU
@@ -72,7 +74,8 @@ def _jax_worker(args: argparse.Namespace) -> dict[str, Any]:
   baseline = common._rss_mib()  # pylint: disable=protected-access
   config = llama.LlamaConfig(vocab_size=VOCAB, hidden=HIDDEN, intermediate=INTERMEDIATE,
                              num_layers=args.layers, num_heads=HEADS, num_kv_heads=KV_HEADS,
-                             head_dim=HEAD_DIM, rope_theta=100000.0, max_seq_len=2048)
+                             head_dim=HEAD_DIM, rope_theta=100000.0, max_seq_len=2048,
+                             dtype=args.dtype, param_dtype="float32")
   lora = llama.LoraConfig(rank=RANK, alpha=ALPHA, targets=llama.PROJECTIONS) \
       if args.mode == "lora" else None
   pretrained = decoder_only.Pretrained()
@@ -130,8 +133,10 @@ def _torch_worker(args: argparse.Namespace) -> dict[str, Any]:
   holder = {}
 
   def step():
-    logits = model(input_ids=inputs).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+      logits = model(input_ids=inputs).logits
+      loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, VOCAB),
+                                               labels.reshape(-1))
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -181,7 +186,7 @@ def _run(worker: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
   command = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--mode", mode,
              "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
              "--length", str(args.length), "--layers", str(args.layers),
-             "--matmul-repeats", str(args.matmul_repeats)]
+             "--matmul-repeats", str(args.matmul_repeats), "--dtype", args.dtype]
   if args.threads:
     command += ["--threads", str(args.threads)]
   env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -204,6 +209,8 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=None)
   parser.add_argument("--matmul-repeats", type=int, default=3)
   parser.add_argument("--worker-timeout", type=int, default=1800)
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="matmul input dtype (bfloat16: float32 master weights and accumulation)")
   parser.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
   parser.add_argument("--mode", default="full", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -217,10 +224,11 @@ def main() -> None:
   tokens = args.batch * args.length
   print(f"{provenance.cpu_model()} | {args.threads or len(os.sched_getaffinity(0))} threads | load average "
         f"{os.getloadavg()[0]:.1f} (shared CPU: indicative figures)")
-  print("fp32 2048^3 matmul: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items())
+  short = {"float32": "fp32", "bfloat16": "bf16"}[args.dtype]
+  print(f"{short} 2048^3 matmul: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items())
         + f" GFLOP/s -> peak {peak_rate:.1f}")
   print(f"SmolLM2-135M shape ({args.layers} layers), batch {args.batch} x {args.length} tokens, "
-        f"fp32, AdamW; median of {args.steps} steps after {args.warmup} warm-up")
+        f"{short}{' (f32 master weights)' if args.dtype == 'bfloat16' else ''}, AdamW; median of {args.steps} steps after {args.warmup} warm-up")
   print(f"  {'mode':<6} {'framework':<12} {'step s':>8} {'tokens/s':>9} {'GFLOP/s':>8} "
         f"{'%peak':>6} {'RSS MiB':>8} {'+model':>8} {'trained':>10} {'1st s':>7} {'loss':>7}")
   for mode in args.modes.split(","):

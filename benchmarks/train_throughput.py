@@ -228,7 +228,8 @@ def _torch_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _peak_worker(args: argparse.Namespace) -> dict[str, Any]:
-  """GFLOP/s of the best of several 2048^3 float32 matmuls per library."""
+  """GFLOP/s of the best of several 2048^3 matmuls per library, in ``args.dtype`` if given
+  (float32 by default; bfloat16 inputs accumulate in float32, and numpy has no bfloat16)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -239,11 +240,13 @@ def _peak_worker(args: argparse.Namespace) -> dict[str, Any]:
   flops = 2.0 * n ** 3
   rng = np.random.default_rng(0)
   a, b = rng.standard_normal((2, n, n), dtype=np.float32)
-  ja, jb = jax.device_put(a), jax.device_put(b)
-  jdot = jax.jit(jnp.matmul)
-  ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-  runs = {"numpy": lambda: a @ b, "jax": lambda: jdot(ja, jb).block_until_ready(),
-          "torch": lambda: torch.matmul(ta, tb)}
+  dtype = getattr(args, "dtype", "float32")
+  ja, jb = (jax.device_put(x).astype(dtype) for x in (a, b))
+  jdot = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+  ta, tb = (torch.from_numpy(x).to(getattr(torch, dtype)) for x in (a, b))
+  runs = {"jax": lambda: jdot(ja, jb).block_until_ready(), "torch": lambda: torch.matmul(ta, tb)}
+  if dtype == "float32":
+    runs["numpy"] = lambda: a @ b
   rates = {}
   for name, fn in runs.items():
     fn()
