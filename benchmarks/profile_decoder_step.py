@@ -2,7 +2,7 @@
 
 Run from the repo root:
   PYTHONPATH=. python benchmarks/profile_decoder_step.py [--mode lora|full] [--layers 8]
-      [--batch 8] [--length 128] [--top 20] [--by-matmul-shape]
+      [--batch 8] [--length 128] [--top 20] [--by-matmul-shape] [--dtype float32|bfloat16]
 
 Builds the step of ``decoder_train_throughput.py`` (SmolLM2-135M's shape, random
 weights, fp32, AdamW; ``--layers`` decoder layers), times a few steps, then
@@ -118,6 +118,7 @@ def main() -> None:
   parser.add_argument("--length", type=int, default=128)
   parser.add_argument("--timed-steps", type=int, default=3)
   parser.add_argument("--top", type=int, default=20)
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--by-matmul-shape", action="store_true",
                       help="dump the optimised HLO and print the matmuls grouped by shape")
   args = parser.parse_args()
@@ -152,7 +153,7 @@ def main() -> None:
 
   bench.common._timed_steps = profile  # pylint: disable=protected-access
   worker_args = argparse.Namespace(batch=args.batch, length=args.length, layers=args.layers,
-                                   mode=args.mode, warmup=1, steps=1)
+                                   mode=args.mode, dtype=args.dtype, warmup=1, steps=1)
   bench._jax_worker(worker_args)  # pylint: disable=protected-access
   times = op_times(trace_dir, recorded)
   kinds: collections.Counter = collections.Counter()
