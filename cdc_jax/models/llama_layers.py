@@ -196,7 +196,9 @@ class Linear(nn.Module):
     if self.lora.dropout and self.has_rng("dropout"):
       x = nn.Dropout(self.lora.dropout, deterministic=False)(x)
     low = project(x, a.astype(self.dtype), num_in)
-    return y + self.lora.scale * project(low, b.astype(self.dtype), 1)
+    # The scale multiplies the rank-wide `low`, not the [rows, out] update: in the backward pass
+    # that spares a full-size multiply of the output gradient per adapter.
+    return y + project(low * self.lora.scale, b.astype(self.dtype), 1)
 
 
 def linear(config: LlamaConfig, lora: LoraConfig | None, name: str, out_shape: tuple[int, ...],
