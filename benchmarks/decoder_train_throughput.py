@@ -23,7 +23,8 @@ Each (framework, mode) runs in its own subprocess (thread pools and memory
 never mix), with ``train_throughput.py``'s timing and memory method: a
 warm-up step (compiles), then the median of ``--steps`` timed steps; peak RSS
 from ``getrusage``. %peak divides model FLOPs by the best 2048^3 matmul (of the
-``--dtype``) of numpy (float32 only), JAX or PyTorch in a worker with the same threads. Model FLOPs: full
+``--dtype``) of numpy (float32 only), JAX or PyTorch in a worker with the same
+threads. Model FLOPs: full
 = 6 x (matmul weights, the tied output layer included) x tokens + attention;
 LoRA = 4 x the frozen matmul weights x tokens (no weight gradients) + 6 x the
 adapters + attention. The CPU may be shared: figures are indicative; the CPU
@@ -227,8 +228,9 @@ def main() -> None:
   short = {"float32": "fp32", "bfloat16": "bf16"}[args.dtype]
   print(f"{short} 2048^3 matmul: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items())
         + f" GFLOP/s -> peak {peak_rate:.1f}")
+  master = " (f32 master weights)" if args.dtype == "bfloat16" else ""
   print(f"SmolLM2-135M shape ({args.layers} layers), batch {args.batch} x {args.length} tokens, "
-        f"{short}{' (f32 master weights)' if args.dtype == 'bfloat16' else ''}, AdamW; median of {args.steps} steps after {args.warmup} warm-up")
+        f"{short}{master}, AdamW; median of {args.steps} steps after {args.warmup} warm-up")
   print(f"  {'mode':<6} {'framework':<12} {'step s':>8} {'tokens/s':>9} {'GFLOP/s':>8} "
         f"{'%peak':>6} {'RSS MiB':>8} {'+model':>8} {'trained':>10} {'1st s':>7} {'loss':>7}")
   for mode in args.modes.split(","):

@@ -198,8 +198,7 @@ def outcomes_from_predictions(predictions_path: str | os.PathLike, community: st
     out.append(ExampleOutcome(
         community=community, id=record.id, correct=bool(row["correct"]),
         answer=None if row.get("parsed_answer") in (None, "") else str(row["parsed_answer"]),
-        majority_correct=majority.correct(record.answer, record.answer_type,
-                                                  record.choices),
+        majority_correct=majority.correct(record.answer, record.answer_type, record.choices),
         teacher_correct=record.teacher_correct, chance=chance_of(record)))
   return out
 

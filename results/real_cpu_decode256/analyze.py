@@ -10,12 +10,12 @@ are paired.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from cdc_jax.coalitions import bootstrap
+from cdc_jax.coalitions import bootstrap, compare
+from cdc_jax.models import llama_tokenizer, llama_weights
 
 HERE = Path(__file__).resolve().parent
 SWEEP = HERE.parent / "real_cpu"
@@ -25,13 +25,29 @@ SEEDS = (0, 1)
 
 def _outcomes(root: Path, coalition: str, level: int) -> list[dict[str, dict]]:
   """Per seed, id -> prediction row of StrategyQA in ``coalition`` at ``level``."""
-  rows = []
-  for seed in SEEDS:
-    path = (root / f"{coalition}.L{level}.cot_label.s{seed}" / "eval"
-            / f"cdc.strategyqa.L{level}.cot_label.predictions.jsonl")
-    with open(path, encoding="utf-8") as f:
-      rows.append({r["id"]: r for r in map(json.loads, f)})
-  return rows
+  return [compare.read_predictions(
+      root / f"{coalition}.L{level}.cot_label.s{seed}" / "eval"
+      / f"cdc.strategyqa.L{level}.cot_label.predictions.jsonl") for seed in SEEDS]
+
+
+def _consistency(settings: dict[str, list[dict[str, dict]]]) -> str:
+  """Checks that the 256-token runs reproduce the 128-token decoding: a prediction that ended
+  well within 128 tokens (under 120) is identical, a longer one starts with the same text."""
+  tokenizer = llama_tokenizer.tokenizer_from_gguf(llama_weights.smollm2_gguf_path())
+  short = same = long_ = same_start = 0
+  for key in settings:
+    if not key.endswith(", 128"):
+      continue
+    for before, after in zip(settings[key], settings[key[:-3] + "256"]):
+      for i, row in before.items():
+        if len(tokenizer.encode(row["prediction"])) < 120:
+          short += 1
+          same += after[i]["prediction"] == row["prediction"]
+        else:
+          long_ += 1
+          same_start += after[i]["prediction"].startswith(row["prediction"][:200])
+  return (f"Consistency: {same} of {short} predictions that ended within 120 tokens are identical "
+          f"under 256; {same_start} of {long_} longer ones start with the same 200 characters.")
 
 
 def main() -> None:
@@ -66,7 +82,7 @@ def main() -> None:
     cells = [fmt(boot.interval(acc[f"{name}, {a}"] - acc[f"{name}, {b}"]), signed=True, mark=True)
              for name in COALITIONS]
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
-  lines += ["", "~: the 95% interval contains 0 (not significant)."]
+  lines += ["", "~: the 95% interval contains 0 (not significant).", "", _consistency(settings)]
   text = "\n".join(lines) + "\n"
   (HERE / "summary.md").write_text(text, encoding="utf-8")
   print(text, end="")
